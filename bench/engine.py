@@ -1,0 +1,196 @@
+"""Our probe engine in-process: ``exporter.probe.probe`` over N targets, CPU per endpoint.
+
+Run as a worker process by ``bench.run`` so that only the engine's work is in
+its CPU counters: it reads one command per line on stdin and answers one JSON
+line on stdout.
+
+- ``cycle COUNT [BLACKHOLE_PORT FRACTION]``: probe the first COUNT targets
+  once with ``--concurrency`` probes in flight (optionally with a fraction of
+  them pointed at a black hole) and report the CPU (getrusage, all threads)
+  and the wall time around it.  Includes what ``probe`` does: both
+  handshakes, certificate facts, chain checks and the verdict.
+- ``render FILE``: time ``exporter.metrics.Exposition`` over the results of
+  the last two cycles: a cold render of the older ones, then a re-render after
+  every target changed (the newer ones), as the publisher does after a full
+  round; the body is written to FILE for validation.
+- ``quit``.
+
+The first cycle of a worker parses the two distinct certificates and builds
+the client context; the runner discards a warm-up cycle so that the figures
+are the steady state of a long-running exporter.
+
+With ``--profile FILE`` each cycle also runs under cProfile and writes the
+stats to FILE (overwritten per cycle; cProfile inflates CPU, so such cycles
+are for where-the-time-goes only, never for the figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gzip
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench import fleet
+from exporter import certs, metrics, probe
+from exporter.model import Target
+
+if TYPE_CHECKING:
+    from exporter.model import ProbeResult
+
+
+def targets(ports: list[int], count: int, timeout: float) -> list[Target]:
+    return [
+        Target(
+            host=fleet.name(i),
+            port=ports[i % len(ports)],
+            address=fleet.ADDRESS,
+            timeout=timeout,
+        )
+        for i in range(count)
+    ]
+
+
+def blackholed(
+    fleet_targets: list[Target], port: int, fraction: float
+) -> tuple[list[Target], set[str]]:
+    """Every 1/fraction-th target moved to the black hole; returns them and their names."""
+    step = round(1 / fraction) if fraction > 0 else 0
+    out, holes = [], set()
+    for i, t in enumerate(fleet_targets):
+        if step and i % step == step - 1:
+            out.append(Target(host=t.host, port=port, address=t.address, timeout=t.timeout))
+            holes.add(t.name)
+        else:
+            out.append(t)
+    return out, holes
+
+
+async def cycle(
+    cycle_targets: list[Target], trust: certs.TrustStore, concurrency: int
+) -> tuple[list[ProbeResult], dict[str, float]]:
+    """Probe every target once with ``concurrency`` workers; record when each one finished."""
+    results: list[ProbeResult] = []
+    finished: dict[str, float] = {}
+    pending = iter(cycle_targets)
+    start = time.monotonic()
+
+    async def worker() -> None:
+        for target in pending:
+            results.append(await probe.probe(target, trust))
+            finished[target.name] = time.monotonic() - start
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results, finished
+
+
+def summarise(
+    results: list[ProbeResult], finished: dict[str, float], holes: set[str]
+) -> dict[str, object]:
+    healthy = [r for r in results if r.target.name not in holes]
+    expected = sum(
+        r.sni.handshake.ok and r.no_sni.handshake.ok and r.verdict.certificate_mismatch
+        for r in healthy
+    )
+    return {
+        "probes": len(results),
+        "healthy": len(healthy),
+        # nginx's default server shows another certificate: both handshakes
+        # succeed and the leaves differ.  Anything else is a broken run.
+        "healthy_as_expected": expected,
+        "healthy_cycle_seconds": max(
+            (finished[r.target.name] for r in healthy), default=float("nan")
+        ),
+    }
+
+
+def render(older: list[ProbeResult], newer: list[ProbeResult], out: Path) -> dict[str, object]:
+    exposition = metrics.Exposition()
+    for result in older:
+        exposition.update(result)
+    t0 = time.perf_counter()
+    exposition.render()
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for result in newer:
+        exposition.update(result)
+    body = exposition.render()
+    changed = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    gzip.compress(body, compresslevel=1)
+    gzip_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    again = exposition.render()
+    unchanged = time.perf_counter() - t0
+    out.write_bytes(body)
+    return {
+        "targets": len(newer),
+        "bytes": len(body),
+        "series": sum(1 for line in body.splitlines() if line and not line.startswith(b"#")),
+        "cold_render_seconds": cold,
+        "changed_render_seconds": changed,
+        "gzip_seconds": gzip_seconds,
+        "unchanged_render_seconds": unchanged,
+        "unchanged_is_cached": again is body,
+    }
+
+
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ports", required=True, help="comma-separated nginx ports")
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--ca-file", required=True)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--profile", default=None)
+    args = parser.parse_args(argv)
+    ports = [int(p) for p in args.ports.split(",")]
+    base = targets(ports, args.count, args.timeout)
+    trust = certs.load_trust_store(args.ca_file)
+    rounds: list[list[ProbeResult]] = []
+    for line in sys.stdin:
+        words = line.split()
+        if not words or words[0] == "quit":
+            break
+        if words[0] == "render":
+            print(json.dumps(render(rounds[-2], rounds[-1], Path(words[1]))), flush=True)
+            continue
+        cycle_targets, holes = base[: int(words[1])], set[str]()
+        if len(words) == 4:
+            cycle_targets, holes = blackholed(cycle_targets, int(words[2]), float(words[3]))
+        profiler = cProfile.Profile() if args.profile else None
+        cpu0, wall0 = _cpu(), time.monotonic()
+        if profiler:
+            profiler.enable()
+        results, finished = asyncio.run(cycle(cycle_targets, trust, args.concurrency))
+        if profiler:
+            profiler.disable()
+        wall, cpu = time.monotonic() - wall0, _cpu() - cpu0
+        if profiler:
+            profiler.dump_stats(args.profile)
+        if not holes:
+            rounds = [*rounds[-1:], results]
+        answer = {
+            "endpoints": len(cycle_targets),
+            "cpu_seconds": cpu,
+            "wall_seconds": wall,
+            "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            **summarise(results, finished, holes),
+        }
+        print(json.dumps(answer), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

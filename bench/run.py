@@ -1,0 +1,793 @@
+"""The benchmark of issue 6: our CPU per endpoint beside blackbox_exporter and a C floor.
+
+One run, side by side, against one nginx on loopback (N SNI names on a
+wildcard certificate, a default server with another certificate):
+
+1. the C limit (bench/build/handshake_limit), blackbox_exporter and our probe
+   engine in-process, interleaved per repeat so that load from elsewhere hits
+   all three alike; ratios are taken per repeat, then summarised;
+2. the full service (``sni-exporter serve``) over whole probe intervals:
+   CPU per endpoint, cores, RSS, scheduler lateness, whether every endpoint was
+   probed in every interval, /metrics scrape latency and validity;
+3. the same service with a fraction of the targets black-holed.
+
+Every figure is printed with PASS/MISS against its target and written as JSON
+to bench/results/<timestamp>.json.  See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import itertools
+import json
+import math
+import os
+import platform
+import selectors
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench import blackbox, fleet, measure, serve
+from bench.measure import Summary
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+HERE = Path(__file__).resolve().parent
+BUILD = HERE / "build"
+LIMIT_BINARY = BUILD / "handshake_limit"
+# The full scenario's probe rate: 10,000 endpoints every 60 s.
+FULL_RATE = 10_000 / 60
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Figure:
+    key: str
+    label: str
+    value: Summary | float | str
+    unit: str = ""
+    scale: float = 1.0
+    target: str = ""
+    passed: bool | None = None  # None: information only
+
+    @property
+    def status(self) -> str:
+        return "" if self.passed is None else ("PASS" if self.passed else "MISS")
+
+    def shown(self) -> str:
+        if isinstance(self.value, Summary):
+            spread = f" ±{self.value.spread / 2:.0%}" if len(self.value.samples) > 1 else ""
+            return self.value.show(self.scale) + spread
+        if isinstance(self.value, float):
+            return f"{self.value * self.scale:.3f}"
+        return self.value
+
+    def as_json(self) -> dict[str, Any]:
+        value: Any = self.value.as_json() if isinstance(self.value, Summary) else self.value
+        return {
+            "label": self.label,
+            "value": value,
+            "unit": self.unit,
+            "scale": self.scale,
+            "target": self.target,
+            "status": self.status or None,
+        }
+
+
+class Report:
+    def __init__(self) -> None:
+        self.figures: list[Figure] = []
+        self.notes: list[str] = []
+
+    def add(self, figure: Figure) -> None:
+        self.figures.append(figure)
+        print(
+            f"  {figure.label:<58} {figure.shown():>30} {figure.unit:<6} "
+            f"{figure.target:<10} {figure.status}",
+            flush=True,
+        )
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"  note: {text}", flush=True)
+
+
+def section(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+# --- the three side by side ---------------------------------------------------
+
+
+def run_limit(server: fleet.Nginx, count: int, inflight: int, timeout: float) -> dict[str, Any]:
+    out = subprocess.run(
+        [
+            str(LIMIT_BINARY),
+            "--address",
+            fleet.ADDRESS,
+            "--ports",
+            ",".join(map(str, server.ports)),
+            "--names",
+            fleet.NAME_FORMAT,
+            "--count",
+            str(count),
+            "--inflight",
+            str(inflight),
+            "--timeout",
+            str(timeout),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=max(120.0, count * 0.05),
+    )
+    if not out.stdout.strip():
+        raise RuntimeError(f"handshake_limit failed: {out.stderr.strip()}")
+    result: dict[str, Any] = json.loads(out.stdout)
+    if result["failed"]:
+        raise RuntimeError(f"handshake_limit: {result['failed']} handshakes failed: {result}")
+    result["cpu_seconds"] = result["cpu_user_seconds"] + result["cpu_system_seconds"]
+    return result
+
+
+def run_blackbox(
+    box: blackbox.Blackbox, paths: list[str], count: int, inflight: int
+) -> dict[str, Any]:
+    cpu0 = box.cpu_seconds()
+    result = blackbox.drive(box.port, paths, inflight, deadline=time.monotonic() + count * 0.1 + 60)
+    cpu = box.cpu_seconds() - cpu0
+    if result.succeeded != len(paths):
+        raise RuntimeError(f"blackbox: {result.succeeded} of {len(paths)} probes succeeded")
+    return {"cpu_seconds": cpu, "wall_seconds": result.wall_seconds, "probes": len(paths)}
+
+
+class Engine:
+    """The ``bench.engine`` worker process, driven line by line."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+
+    def ask(self, command: str, timeout: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        line = _readline(self.proc.stdout, timeout)
+        if not line:
+            raise RuntimeError(f"engine worker died on {command!r} (rc {self.proc.poll()})")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+
+def _readline(stream: IO[str], timeout: float) -> str:
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            raise RuntimeError(f"engine worker gave no answer within {timeout:g}s")
+    return stream.readline()
+
+
+@contextlib.contextmanager
+def engine_worker(
+    server: fleet.Nginx, count: int, concurrency: int, timeout: float, profile: str | None
+) -> Iterator[Engine]:
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.engine",
+        "--ports",
+        ",".join(map(str, server.ports)),
+        "--count",
+        str(count),
+        "--ca-file",
+        str(server.pki.ca_file),
+        "--concurrency",
+        str(concurrency),
+        "--timeout",
+        str(timeout),
+    ]
+    if profile:
+        argv += ["--profile", profile]
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=HERE.parent
+    )
+    try:
+        yield Engine(proc)
+    finally:
+        if proc.stdin:
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.write("quit\n")
+                proc.stdin.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def check_engine_cycle(answer: dict[str, Any]) -> None:
+    if answer["healthy_as_expected"] != answer["healthy"]:
+        raise RuntimeError(
+            f"engine: {answer['healthy'] - answer['healthy_as_expected']} of {answer['healthy']}"
+            " healthy probes did not see two good handshakes with different leaves"
+        )
+
+
+def side_by_side(args: argparse.Namespace, server: fleet.Nginx, report: Report) -> dict[str, Any]:
+    n = args.count
+    section(
+        f"CPU per endpoint, {n} endpoints x 2 handshakes, {args.inflight} in flight, "
+        f"{args.repeats} repeats interleaved (ms; median [min-max] ±half-spread)"
+    )
+    paths = blackbox.probe_paths(server, range(n))
+    limit, box_runs, ours = [], [], []
+    renders: list[dict[str, Any]] = []
+    with (
+        blackbox.run_blackbox(args.state / "blackbox", n, args.timeout) as box,
+        engine_worker(server, n, args.inflight, args.timeout, None) as engine,
+    ):
+        blackbox.fingerprint_check(box, server)
+        # Warm-ups, not counted: first connections, Go's heap, our certificate
+        # cache and client context, the C program's page cache.
+        warm = min(n, 200)
+        run_limit(server, warm, args.inflight, args.timeout)
+        run_blackbox(box, paths[: 2 * warm], warm, args.inflight)
+        check_engine_cycle(engine.ask(f"cycle {warm}", timeout=120))
+        for r in range(args.repeats):
+            limit.append(run_limit(server, n, args.inflight, args.timeout))
+            box_runs.append(run_blackbox(box, paths, n, args.inflight))
+            answer = engine.ask(f"cycle {n}", timeout=60 + n * 0.05)
+            check_engine_cycle(answer)
+            ours.append(answer)
+            print(
+                f"  repeat {r + 1}: C {limit[-1]['cpu_seconds'] / n * 1e3:.3f}  "
+                f"blackbox {box_runs[-1]['cpu_seconds'] / n * 1e3:.3f}  "
+                f"ours {answer['cpu_seconds'] / n * 1e3:.3f} ms/endpoint",
+                flush=True,
+            )
+            if r >= 1:
+                render_file = args.state / "engine-exposition.txt"
+                renders.append(engine.ask(f"render {render_file}", timeout=120))
+        bb_rss = measure.process_memory(box.pid).get("VmHWM", 0)
+
+    per = {
+        "limit": Summary.of([x["cpu_seconds"] / n for x in limit]),
+        "blackbox": Summary.of([x["cpu_seconds"] / n for x in box_runs]),
+        "engine": Summary.of([x["cpu_seconds"] / n for x in ours]),
+    }
+    report.add(
+        Figure("limit_cpu_per_endpoint", "C limit: CPU per endpoint", per["limit"], "ms", 1e3)
+    )
+    report.add(
+        Figure(
+            "blackbox_cpu_per_endpoint",
+            "blackbox_exporter: CPU per endpoint",
+            per["blackbox"],
+            "ms",
+            1e3,
+        )
+    )
+    report.add(
+        Figure(
+            "engine_cpu_per_endpoint",
+            "ours, probe engine in-process: CPU/endpoint",
+            per["engine"],
+            "ms",
+            1e3,
+        )
+    )
+    vs_box = Summary.of(
+        [o["cpu_seconds"] / b["cpu_seconds"] for o, b in zip(ours, box_runs, strict=True)]
+    )
+    vs_lim = Summary.of(
+        [o["cpu_seconds"] / c["cpu_seconds"] for o, c in zip(ours, limit, strict=True)]
+    )
+    report.add(
+        Figure(
+            "engine_vs_blackbox",
+            "ours (engine) ÷ blackbox",
+            vs_box,
+            "x",
+            target="<= 0.90",
+            passed=vs_box.median <= 0.90,
+        )
+    )
+    report.add(
+        Figure(
+            "engine_vs_limit",
+            "ours (engine) ÷ C limit",
+            vs_lim,
+            "x",
+            target="<= 1.15",
+            passed=vs_lim.median <= 1.15,
+        )
+    )
+    report.add(
+        Figure(
+            "limit_wall",
+            "C limit: wall time of a full cycle",
+            Summary.of([x["wall_seconds"] for x in limit]),
+            "s",
+        )
+    )
+    report.add(
+        Figure(
+            "blackbox_wall",
+            "blackbox_exporter: wall time of a full cycle",
+            Summary.of([x["wall_seconds"] for x in box_runs]),
+            "s",
+        )
+    )
+    report.add(
+        Figure(
+            "engine_wall",
+            "ours (engine): wall time of a full cycle",
+            Summary.of([x["wall_seconds"] for x in ours]),
+            "s",
+        )
+    )
+    report.add(
+        Figure(
+            "engine_rss",
+            "ours (engine): peak RSS",
+            float(max(x["max_rss_bytes"] for x in ours)),
+            "MB",
+            1e-6,
+        )
+    )
+    report.add(Figure("blackbox_rss", "blackbox_exporter: peak RSS", float(bb_rss), "MB", 1e-6))
+    if renders:
+        changed = Summary.of([x["changed_render_seconds"] for x in renders])
+        report.add(
+            Figure(
+                "render_changed",
+                f"render after a full round of changes ({n} targets)",
+                changed,
+                "ms",
+                1e3,
+                "< 150",
+                changed.median < 0.150,
+            )
+        )
+        report.add(
+            Figure(
+                "render_gzip",
+                "  + gzip level 1 of that body",
+                Summary.of([x["gzip_seconds"] for x in renders]),
+                "ms",
+                1e3,
+            )
+        )
+        report.add(
+            Figure(
+                "render_cold",
+                "  cold render (new renderer)",
+                Summary.of([x["cold_render_seconds"] for x in renders]),
+                "ms",
+                1e3,
+            )
+        )
+        report.add(
+            Figure(
+                "render_series",
+                "  series / bytes rendered",
+                f"{renders[-1]['series']} / {renders[-1]['bytes']}",
+            )
+        )
+    return {
+        "per_endpoint": per,
+        "raw": {"limit": limit, "blackbox": box_runs, "engine": ours, "render": renders},
+    }
+
+
+# --- the full service ---------------------------------------------------------
+
+
+def validate_exposition(body: bytes, report: Report, key: str) -> None:
+    problems = []
+    try:
+        families = list(text_string_to_metric_families(body.decode()))
+    except Exception as error:
+        problems.append(f"prometheus_client parser: {error}")
+        families = []
+    promtool = subprocess.run(
+        ["promtool", "check", "metrics"], input=body, capture_output=True, check=False, timeout=120
+    )
+    if promtool.returncode != 0:
+        text = (promtool.stdout + promtool.stderr).decode(errors="replace").strip()
+        problems.append("promtool: " + " | ".join(text.splitlines()[:5]))
+    verdict = "ok" if not problems else "; ".join(problems)
+    report.add(
+        Figure(
+            key,
+            f"exposition valid ({len(families)} families; promtool, parser)",
+            verdict,
+            target="ok",
+            passed=not problems,
+        )
+    )
+
+
+def measure_service(
+    args: argparse.Namespace,
+    server: fleet.Nginx,
+    hole_port: int | None,
+    label: str,
+) -> dict[str, Any]:
+    """Run the service for warm-up + ``cycles`` intervals; figures per interval."""
+    endpoints, holes = [], set()
+    step = round(1 / args.blackhole_fraction) if hole_port else 0
+    for i in range(args.count):
+        host, port = server.endpoint(i)
+        if step and i % step == step - 1:
+            port = hole_port or port
+            holes.add(f"{host}:{port}".encode())
+        endpoints.append(serve.Endpoint(host, port))
+    config = serve.config_text(endpoints, args.interval, args.timeout, server.pki.ca_file)
+    state = args.state / f"service-{label}"
+    with serve.run_service(state, config, args.concurrency) as svc:
+        ready = svc.wait_ready(deadline_seconds=args.interval * 3 + 60)
+        # One more interval before measuring: the first round starts in a burst.
+        time.sleep(args.interval)  # a fixed measurement window, not synchronisation
+        snaps = [serve.snapshot(svc)]
+        for _ in range(args.cycles):
+            time.sleep(max(0.0, snaps[-1].at + args.interval - time.time()))
+            snaps.append(serve.snapshot(svc))
+        windows = [
+            serve.window(a, b, args.interval, args.allowed_lateness)
+            for a, b in itertools.pairwise(snaps)
+        ]
+        healthy_periods = serve.periods(snaps[0], snaps[-1], args.cycles, holes)
+        extra: dict[str, Any] = {}
+        if not hole_port:
+            plain = serve.scrape_latencies(svc, args.scrapes, gzipped=False)
+            gz = serve.scrape_latencies(svc, args.scrapes, gzipped=True)
+            extra = {"scrape_plain": plain, "scrape_gzip": gz, "body": svc.get("/metrics")[1]}
+        memory = svc.memory()
+    return {
+        "ready_seconds": ready,
+        "windows": windows,
+        "healthy_period_mean": statistics.fmean(healthy_periods) if healthy_periods else math.nan,
+        "healthy_period_max": max(healthy_periods, default=math.nan),
+        "healthy_targets": len(healthy_periods),
+        "memory": memory,
+        **extra,
+    }
+
+
+def service_figures(
+    args: argparse.Namespace, base: dict[str, Any], per: dict[str, Summary], report: Report
+) -> None:
+    n = args.count
+    section(
+        f"the service: sni-exporter serve, {n} targets every {args.interval:g}s, "
+        f"{args.cycles} intervals measured"
+    )
+    ws: list[serve.Window] = base["windows"]
+    cpu = Summary.of([w.cpu_per_endpoint for w in ws])
+    report.add(
+        Figure("service_cpu_per_endpoint", "ours, service: CPU per endpoint", cpu, "ms", 1e3)
+    )
+    vs_box = cpu.median / per["blackbox"].median
+    vs_lim = cpu.median / per["limit"].median
+    report.add(
+        Figure(
+            "service_vs_blackbox",
+            "ours (service) ÷ blackbox (medians)",
+            vs_box,
+            "x",
+            target="<= 0.90",
+            passed=vs_box <= 0.90,
+        )
+    )
+    report.add(
+        Figure(
+            "service_vs_limit",
+            "ours (service) ÷ C limit (medians)",
+            vs_lim,
+            "x",
+            target="<= 1.15",
+            passed=vs_lim <= 1.15,
+        )
+    )
+    probed = Summary.of([w.probes / n for w in ws])
+    stale = max(w.stale_targets for w in ws)
+    report.add(Figure("service_probes_per_interval", "probes per interval ÷ targets", probed, "x"))
+    report.add(
+        Figure(
+            "service_every_endpoint",
+            "every endpoint probed in every interval",
+            f"{stale} stale",
+            target="0 stale",
+            passed=stale == 0,
+        )
+    )
+    late = Summary.of([w.lateness_p99 for w in ws])
+    report.add(
+        Figure(
+            "service_lateness_p99",
+            "scheduler lateness p99 (per interval)",
+            late,
+            "s",
+            target="< 5",
+            passed=late.high < 5,
+        )
+    )
+    cores = Summary.of([w.cores for w in ws])
+    report.add(
+        Figure(
+            "service_cores",
+            "exporter CPU, cores on average",
+            cores,
+            "cores",
+            target="< 1",
+            passed=cores.high < 1,
+        )
+    )
+    rss = float(max(w.rss_bytes for w in ws))
+    report.add(
+        Figure(
+            "service_rss",
+            f"RSS with {n} targets (max over intervals)",
+            rss,
+            "MB",
+            1e-6,
+            "< 200",
+            rss < 200e6,
+        )
+    )
+    report.add(
+        Figure(
+            "service_rss_peak",
+            "  peak RSS (VmHWM)",
+            float(base["memory"].get("VmHWM", 0)),
+            "MB",
+            1e-6,
+        )
+    )
+    for kind in ("plain", "gzip"):
+        lat: list[float] = base[f"scrape_{kind}"]
+        p50, p99 = measure.percentile(lat, 0.5), measure.percentile(lat, 0.99)
+        report.add(
+            Figure(
+                f"scrape_{kind}_p50",
+                f"/metrics scrape ({kind}) p50, {len(lat)} scrapes",
+                p50,
+                "ms",
+                1e3,
+            )
+        )
+        report.add(
+            Figure(
+                f"scrape_{kind}_p99",
+                f"/metrics scrape ({kind}) p99",
+                p99,
+                "ms",
+                1e3,
+                "< 10",
+                p99 < 0.010,
+            )
+        )
+    validate_exposition(base["body"], report, "service_exposition_valid")
+
+
+def blackhole_figures(
+    args: argparse.Namespace, base: dict[str, Any], holed: dict[str, Any], report: Report
+) -> None:
+    section(
+        f"{args.blackhole_fraction:.0%} of the targets black-holed (accept, never answer), "
+        f"{args.timeout:g}s timeout"
+    )
+    growth = holed["healthy_period_mean"] / base["healthy_period_mean"] - 1
+    report.add(
+        Figure(
+            "blackhole_healthy_period",
+            "healthy targets: mean probe period",
+            f"{base['healthy_period_mean']:.3f} -> {holed['healthy_period_mean']:.3f}",
+            "s",
+        )
+    )
+    report.add(
+        Figure(
+            "blackhole_cycle_growth",
+            "healthy targets' cycle time growth",
+            growth,
+            "%",
+            100,
+            "< 10%",
+            growth < 0.10,
+        )
+    )
+    ws: list[serve.Window] = holed["windows"]
+    late = Summary.of([w.lateness_p99 for w in ws])
+    stale = max(w.stale_targets for w in ws)
+    report.add(
+        Figure(
+            "blackhole_lateness_p99",
+            "  scheduler lateness p99",
+            late,
+            "s",
+            target="< 5",
+            passed=late.high < 5,
+        )
+    )
+    report.add(
+        Figure(
+            "blackhole_cores",
+            "  exporter CPU, cores on average",
+            Summary.of([w.cores for w in ws]),
+            "cores",
+        )
+    )
+    report.add(
+        Figure(
+            "blackhole_stale", "  targets not probed within interval + lateness", f"{stale} stale"
+        )
+    )
+
+
+# --- main ---------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--count", "-n", type=int, default=None, help="endpoints (default 1000; full 10000)"
+    )
+    p.add_argument("--full", action="store_true", help="the full scenario: 60 s interval, 10k")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--inflight",
+        type=int,
+        default=50,
+        help="handshakes/probes in flight (C, blackbox driver, engine)",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="service interval (default: the full scenario's rate, 10k per 60 s)",
+    )
+    p.add_argument("--cycles", type=int, default=3, help="service intervals measured")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--allowed-lateness", type=float, default=5.0)
+    p.add_argument("--blackhole-fraction", type=float, default=0.1)
+    p.add_argument("--concurrency", type=int, default=None, help="--probe.concurrency of serve")
+    p.add_argument("--scrapes", type=int, default=50)
+    p.add_argument("--ports", type=int, default=4, help="nginx ports")
+    p.add_argument("--vhosts", type=int, default=16, help="nginx server blocks sharing the names")
+    p.add_argument("--only", default="all", help="comma list: side,service,blackhole")
+    p.add_argument("--results", type=Path, default=HERE / "results")
+    args = p.parse_args(argv)
+    if args.count is None:
+        args.count = 10_000 if args.full else 1000
+    if args.interval is None:
+        args.interval = 60.0 if args.full else max(5.0, round(args.count / FULL_RATE, 1))
+    args.only = (
+        set(args.only.split(",")) if args.only != "all" else {"side", "service", "blackhole"}
+    )
+    return args
+
+
+def git_commit() -> str:
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=HERE,
+    )
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "exporter"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=HERE.parent,
+    )
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def _timed(what: str, fn: Callable[[], Any]) -> Any:
+    start = time.monotonic()
+    out = fn()
+    print(f"  ({what}: {time.monotonic() - start:.0f}s)", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not LIMIT_BINARY.exists():
+        print(
+            f"error: {LIMIT_BINARY} missing: build it with `make -C bench build`", file=sys.stderr
+        )
+        return 2
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    args.state = BUILD / f"state-{stamp}"
+    report = Report()
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    print(
+        f"bench: {args.count} endpoints, {args.repeats} repeats, interval {args.interval:g}s, "
+        f"{os.cpu_count()} cores, load {load_before[0]:.2f}",
+        flush=True,
+    )
+    raw: dict[str, Any] = {}
+    with (
+        fleet.run_nginx(args.state / "nginx", args.count, args.ports, args.vhosts) as server,
+        fleet.BlackHole() as hole,
+    ):
+        fleet.sanity_check(server)
+        per: dict[str, Summary] | None = None
+        if "side" in args.only:
+            side = _timed("side by side", lambda: side_by_side(args, server, report))
+            per, raw["side_by_side"] = side["per_endpoint"], side["raw"]
+        base = None
+        if "service" in args.only or "blackhole" in args.only:
+            base = _timed("service", lambda: measure_service(args, server, None, "base"))
+            if per is None:
+                per = {k: Summary.of([math.nan]) for k in ("limit", "blackbox", "engine")}
+            service_figures(args, base, per, report)
+            raw["service"] = _jsonable({k: v for k, v in base.items() if k != "body"})
+        if "blackhole" in args.only and base is not None:
+            holed = _timed(
+                "black holes", lambda: measure_service(args, server, hole.port, "blackhole")
+            )
+            blackhole_figures(args, base, holed, report)
+            raw["blackhole"] = _jsonable(holed)
+    elapsed = time.monotonic() - started
+    misses = [f.label for f in report.figures if f.passed is False]
+    section(f"{len(report.figures)} figures, {len(misses)} MISS, {elapsed:.0f}s")
+    out = {
+        "timestamp": stamp,
+        "commit": git_commit(),
+        "machine": {
+            "cores": os.cpu_count(),
+            "load_before": load_before,
+            "load_after": os.getloadavg(),
+            "python": platform.python_version(),
+        },
+        "parameters": {
+            k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+        },
+        "elapsed_seconds": elapsed,
+        "figures": {f.key: f.as_json() for f in report.figures},
+        "notes": report.notes,
+        "raw": raw,
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / f"{stamp}.json"
+    path.write_text(json.dumps(out, indent=1, default=_default) + "\n")
+    print(f"results: {path}")
+    return 0
+
+
+def _default(value: object) -> object:
+    if isinstance(value, Summary):
+        return value.as_json()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=_default))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,8 +3,11 @@
 Certificates are ECDSA P-256 (cheap to make and to handshake with).  By
 default they carry what a real CA sets: basicConstraints, keyUsage,
 extendedKeyUsage serverAuth, subject and authority key identifiers.
-``profile="internal"`` leaves those out, the way many internal PKIs do;
-OpenSSL and Java accept such chains, cryptography's web-PKI verifier does not.
+``profile="internal"`` leaves those out, the way many internal PKIs do:
+its CAs carry only basicConstraints CA:TRUE (without it OpenSSL and Java
+refuse a v3 certificate as an issuer), and its leaves carry nothing but the
+subjectAltName.  OpenSSL and Java accept such chains, cryptography's web-PKI
+verifier does not (no keyUsage on the CAs, no authority key identifier).
 """
 
 from __future__ import annotations
@@ -12,17 +15,27 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import ipaddress
-from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 Profile = Literal["webpki", "internal"]
 
 _DAY = dt.timedelta(days=1)
+_DEFAULT_ROOT_NAMES: dict[Profile, str] = {
+    "webpki": "sni-exporter Test Root CA",
+    "internal": "sni-exporter Test Internal Root CA",
+}
+_DEFAULT_INTERMEDIATE_NAMES: dict[Profile, str] = {
+    "webpki": "sni-exporter Test Intermediate CA",
+    "internal": "sni-exporter Test Internal Intermediate CA",
+}
 
 
 def _now() -> dt.datetime:
@@ -100,11 +113,14 @@ class CA(Issued):
     @classmethod
     def root(
         cls,
-        common_name: str = "sni-exporter Test Root CA",
+        common_name: str | None = None,
         profile: Profile = "webpki",
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
     ) -> CA:
+        # Distinct default names per profile: OpenSSL finds issuers by name, so
+        # two trusted CAs with one name make it try the wrong key.
+        common_name = common_name or _DEFAULT_ROOT_NAMES[profile]
         key = new_key()
         start = not_before or _now() - _DAY
         builder = (
@@ -118,6 +134,8 @@ class CA(Issued):
         )
         if profile == "webpki":
             builder = _ca_extensions(builder, key.public_key(), key.public_key(), path_length=None)
+        else:
+            builder = _internal_ca_extensions(builder)
         cert = builder.sign(key, hashes.SHA256())
         return cls(cert=cert, key=key, chain=(), profile=profile)
 
@@ -126,7 +144,8 @@ class CA(Issued):
         """This CA as a trust bundle (PEM)."""
         return self.cert_pem
 
-    def intermediate(self, common_name: str = "sni-exporter Test Intermediate CA") -> CA:
+    def intermediate(self, common_name: str | None = None) -> CA:
+        common_name = common_name or _DEFAULT_INTERMEDIATE_NAMES[self.profile]
         key = new_key()
         start = _now() - _DAY
         builder = (
@@ -139,7 +158,11 @@ class CA(Issued):
             .not_valid_after(start + 1825 * _DAY)
         )
         if self.profile == "webpki":
-            builder = _ca_extensions(builder, key.public_key(), self.key.public_key(), path_length=0)
+            builder = _ca_extensions(
+                builder, key.public_key(), self.key.public_key(), path_length=0
+            )
+        else:
+            builder = _internal_ca_extensions(builder)
         cert = builder.sign(self.key, hashes.SHA256())
         return CA(cert=cert, key=key, chain=(self.cert, *self.chain), profile=self.profile)
 
@@ -176,7 +199,9 @@ class CA(Issued):
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         if self.profile == "webpki":
             builder = (
-                builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+                builder.add_extension(
+                    x509.BasicConstraints(ca=False, path_length=None), critical=True
+                )
                 .add_extension(
                     x509.KeyUsage(
                         digital_signature=True,
@@ -191,8 +216,12 @@ class CA(Issued):
                     ),
                     critical=True,
                 )
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+                .add_extension(
+                    x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+                )
+                .add_extension(
+                    x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+                )
                 .add_extension(
                     x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
                     critical=False,
@@ -205,9 +234,7 @@ class CA(Issued):
         return Issued(cert=cert, key=key, chain=issuers)
 
 
-def self_signed(
-    dns_names: tuple[str, ...] | list[str], common_name: str | None = None
-) -> Issued:
+def self_signed(dns_names: tuple[str, ...] | list[str], common_name: str | None = None) -> Issued:
     """A self-signed leaf, like a CDN's "no SNI" placeholder certificate."""
     key = new_key()
     cn = common_name or (dns_names[0] if dns_names else "self-signed")
@@ -228,6 +255,12 @@ def self_signed(
     return Issued(cert=builder.sign(key, hashes.SHA256()), key=key)
 
 
+def _internal_ca_extensions(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
+    # basicConstraints only: OpenSSL's check_ca() refuses a v3 issuer that has
+    # neither basicConstraints nor keyUsage, so even internal CAs carry it.
+    return builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+
+
 def _ca_extensions(
     builder: x509.CertificateBuilder,
     subject_key: ec.EllipticCurvePublicKey,
@@ -235,7 +268,9 @@ def _ca_extensions(
     path_length: int | None,
 ) -> x509.CertificateBuilder:
     return (
-        builder.add_extension(x509.BasicConstraints(ca=True, path_length=path_length), True)
+        builder.add_extension(
+            x509.BasicConstraints(ca=True, path_length=path_length), critical=True
+        )
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -250,6 +285,8 @@ def _ca_extensions(
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key), False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key), critical=False
+        )
     )

@@ -1,6 +1,6 @@
 """``python -m exporter.demo``: run a command beside the demo fleet, or list the scenarios.
 
-    python -m exporter.demo run [--state-dir .demo] -- CMD [ARGS...]
+    python -m exporter.demo run [--state-dir .demo] [--ports fixed|free] -- CMD [ARGS...]
     python -m exporter.demo list
 
 ``run`` starts the fleet on its fixed ports (those of targets.yaml), runs
@@ -16,7 +16,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
-from exporter.demo.fleet import SCENARIOS, Fleet, FleetError, describe
+from exporter.demo.fleet import SCENARIOS, Fleet, FleetError, Ports, describe
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -35,18 +35,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--state-dir", default=".demo", help="where certificates, configs and logs go (.demo)"
     )
+    run.add_argument(
+        "--ports",
+        choices=("fixed", "free"),
+        default="fixed",
+        help="fixed: the ports of targets.yaml (default); free: any unused ports (tests)",
+    )
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     commands.add_parser("list", help="print the scenarios and their fixed ports")
     return parser
 
 
-def _run(state_dir: str, cmd: list[str]) -> int:
+def _run(state_dir: str, ports: Ports, cmd: list[str]) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
         print("error: give the command to run after --, e.g. run -- sleep 60", file=sys.stderr)
         return 2
-    with Fleet().start(state_dir, ports="fixed") as fleet:
+    with Fleet().start(state_dir, ports=ports) as fleet:
         print(
             f"demo fleet: {len(fleet.scenarios)} scenarios on loopback ports "
             f"{min(s.port for s in fleet.scenarios)}-{max(s.port for s in fleet.scenarios)}, "
@@ -82,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             print(describe(scenario))
         return 0
     try:
-        return _run(args.state_dir, args.cmd)
+        return _run(args.state_dir, args.ports, args.cmd)
     except FleetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ import gc
 import queue
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -266,6 +267,57 @@ class TestAddressing:
         """A port beyond 65535 is a failed handshake, not an exception."""
         shake = await probe.handshake("127.0.0.1", 70000, None, TIMEOUT)
         assert shake.reason is Reason.OTHER
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def old_version_servers(fleet: Fleet) -> Iterator[dict[str, int]]:
+    """``openssl s_server`` limited to one old protocol version each: version -> port."""
+    crt, key = fleet.state_dir / "certs" / "www.crt", fleet.state_dir / "certs" / "www.key"
+    servers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+    try:
+        for version, flag in (("TLSv1.2", "-tls1_2"), ("TLSv1", "-tls1")):
+            port = _free_port()
+            servers[version] = port, subprocess.Popen(
+                ["openssl", "s_server", "-quiet", "-www", "-accept", f"127.0.0.1:{port}",
+                 "-cert", str(crt), "-key", str(key), flag, "-cipher", "DEFAULT:@SECLEVEL=0"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        deadline = time.monotonic() + 20
+        for port, server in servers.values():
+            while True:
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                    break
+                assert server.poll() is None, "openssl s_server exited"
+                assert time.monotonic() < deadline, "openssl s_server did not start"
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    server.wait(0.02)  # the pause between polls
+        yield {version: port for version, (port, _) in servers.items()}
+    finally:
+        for _, server in servers.values():
+            server.terminate()
+            server.wait()
+
+
+class TestProtocolVersions:
+    """Old servers are still probed: the client offers every version OpenSSL implements."""
+
+    @pytest.mark.parametrize("version", ["TLSv1.2", "TLSv1"])
+    async def test_old_version_only_server(
+        self, fleet: Fleet, old_version_servers: dict[str, int], version: str
+    ) -> None:
+        """A server that speaks only an old version completes the handshake, and says which."""
+        shake = await probe.handshake(
+            "127.0.0.1", old_version_servers[version], "www.demo.test", TIMEOUT
+        )
+        assert shake.ok, shake.detail
+        assert shake.tls_version == version
+        assert shake.leaf_der == fleet.certificate("www").der
 
 
 class TestResolve:

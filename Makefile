@@ -17,7 +17,7 @@ APT_PROGRAMS := nginx haproxy openssl prometheus promtool
 .PHONY: run test lint unit bench system-deps venv helm-venv clean
 
 run: venv system-deps
-	$(BIN)/python -m exporter.demo --targets targets.yaml -- $(BIN)/sni-exporter serve --config.file targets.yaml $(ARGS)
+	$(BIN)/python -m exporter.demo run --state-dir .demo -- $(BIN)/sni-exporter serve --config.file targets.yaml $(ARGS)
 
 test: venv helm-venv system-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -41,6 +41,7 @@ from exporter.reasons import (
     ProbeError,
     Reason,
     ResolveError,
+    reason_for_alert,
 )
 
 if TYPE_CHECKING:
@@ -273,10 +274,27 @@ def _failed_handshake(connection: SSL.Connection, error: SSL.Error) -> ProbeErro
         # A warning (e.g. TLS 1.2's warning unrecognized_name) does not end a
         # handshake, so it is not why this one failed.
         if alert.level == _ALERT_LEVEL_FATAL:
-            return AlertError(alert.description, f"server sent fatal alert {alert.description}")
+            number = alert.description
+            return AlertError(
+                number, f"server sent fatal alert {number} ({reason_for_alert(number)})"
+            )
     if isinstance(error, SSL.ZeroReturnError):
         return HandshakeError("server closed the TLS session during the handshake", Reason.EOF)
     return HandshakeError(f"TLS handshake failed: {error}", Reason.OTHER)
+
+
+def _warning(connection: SSL.Connection) -> str:
+    """A warning alert the server sent during a handshake that still succeeded, for people.
+
+    TLS 1.2 servers send a warning unrecognized_name for an SNI they do not
+    know; OpenSSL carries on, Java 7 and later abort.
+    """
+    alert = connection.get_app_data()
+    if not isinstance(alert, _Alert) or alert.description <= _CLOSE_NOTIFY:
+        return ""
+    reason = reason_for_alert(alert.description)
+    note = "; Java clients treat it as fatal" if reason is Reason.UNRECOGNIZED_NAME else ""
+    return f"server sent warning alert {alert.description} ({reason}){note}"
 
 
 def _chain_der(connection: SSL.Connection) -> tuple[bytes, ...]:
@@ -403,6 +421,7 @@ async def _handshake(
             connect_seconds=connected - started,
             handshake_seconds=done - connected,
             chain_der=_chain_der(connection),
+            detail=_warning(connection),
         )
     except ProbeError as error:
         return _failure(record, error, started, connected)

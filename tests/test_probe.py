@@ -56,6 +56,7 @@ def _assert_handshake(fleet: Fleet, shake: Handshake, expected: Expected) -> Non
         assert shake.leaf_der == served.der
         assert shake.chain_der == served.chain_der
         assert shake.cipher
+        assert shake.detail == ""  # no warning alert either
     assert shake.connect_seconds >= 0
     assert shake.handshake_seconds >= 0
 
@@ -285,7 +286,9 @@ def old_version_servers(fleet: Fleet) -> Iterator[dict[str, int]]:
             port = _free_port()
             servers[version] = port, subprocess.Popen(
                 ["openssl", "s_server", "-quiet", "-www", "-accept", f"127.0.0.1:{port}",
-                 "-cert", str(crt), "-key", str(key), flag, "-cipher", "DEFAULT:@SECLEVEL=0"],
+                 "-cert", str(crt), "-key", str(key), flag, "-cipher", "DEFAULT:@SECLEVEL=0",
+                 # An unknown SNI gets a warning unrecognized_name alert (TLS 1.2 only).
+                 "-servername", "www.demo.test", "-cert2", str(crt), "-key2", str(key)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         deadline = time.monotonic() + 20
@@ -318,6 +321,16 @@ class TestProtocolVersions:
         assert shake.ok, shake.detail
         assert shake.tls_version == version
         assert shake.leaf_der == fleet.certificate("www").der
+        assert shake.detail == ""
+
+    async def test_warning_alert_is_reported_not_fatal(
+        self, old_version_servers: dict[str, int]
+    ) -> None:
+        """A TLS 1.2 warning unrecognized_name leaves the handshake ok but is named in detail."""
+        port = old_version_servers["TLSv1.2"]
+        shake = await probe.handshake("127.0.0.1", port, "unknown.demo.test", TIMEOUT)
+        assert shake.ok, shake.detail
+        assert "warning alert 112 (unrecognized_name)" in shake.detail
 
 
 class TestResolve:

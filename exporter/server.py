@@ -16,6 +16,7 @@ import http.server
 import ipaddress
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from typing import Final
@@ -158,6 +159,21 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     routes: Routes
+
+    def handle_error(self, _request: object, client_address: object) -> None:
+        # socketserver prints a traceback to stderr for any error, including a
+        # client that resets or times out: routine for an HTTP server, and never
+        # worth a traceback in the exporter's log.
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            log.debug(
+                "client connection failed",
+                extra={"fields": {"client": str(client_address), "err": repr(error)}},
+            )
+        else:
+            log.error(
+                "request failed", exc_info=error, extra={"fields": {"client": str(client_address)}}
+            )
 
 
 class _Server6(_Server):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import signal
+import socket
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,6 +120,15 @@ class TestEndpoints:
         assert b'href="/metrics"' in body
         assert exporter.get("/nope")[0] == 404
         assert exporter.get("/-/reload")[0] == 405
+
+    def test_client_reset_is_not_a_traceback(self, exporter: Exporter) -> None:
+        """A client that resets mid-request is logged quietly; scrapes go on."""
+        with socket.create_connection(("127.0.0.1", exporter.port)) as sock:
+            sock.sendall(b"GET /metr")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        wait_for("the reset to be logged", lambda: "client connection failed" in exporter.log())
+        assert "Traceback" not in exporter.log()
+        assert exporter.get("/metrics")[0] == 200
 
     def test_content_type(self, exporter: Exporter) -> None:
         """/metrics declares the text exposition format 0.0.4."""

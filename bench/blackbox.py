@@ -97,7 +97,7 @@ def run_blackbox(state: Path, count: int, timeout: float = 5.0) -> Iterator[Blac
         stderr=subprocess.STDOUT,
     )
     try:
-        fleet.wait_listening(port, deadline_seconds=30)
+        fleet.wait_listening(port, deadline_seconds=30, process=proc)
         yield Blackbox(port=port, process=proc)
     finally:
         proc.terminate()

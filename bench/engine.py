@@ -10,9 +10,13 @@ line on stdout.
   and the wall time around it.  Includes what ``probe`` does: both
   handshakes, certificate facts, chain checks and the verdict.
 - ``render FILE``: time ``exporter.metrics.Exposition`` over the results of
-  the last two cycles: a cold render of the older ones, then a re-render after
-  every target changed (the newer ones), as the publisher does after a full
+  the last cycle: a cold render, then a re-render after every target got a
+  new result (the same findings one interval later with other durations, as
+  a real next round brings), which is what the publisher does after a full
   round; the body is written to FILE for validation.
+
+Like the service, the worker keeps the latest round of results alive between
+cycles (its size is part of the garbage collector's work and of the RSS).
 - ``quit``.
 
 The first cycle of a worker parses the two distinct certificates and builds
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import dataclasses
 import gzip
 import json
 import resource
@@ -42,7 +47,7 @@ from exporter import certs, metrics, probe
 from exporter.model import Target
 
 if TYPE_CHECKING:
-    from exporter.model import ProbeResult
+    from exporter.model import HandshakeReport, ProbeResult
 
 
 def targets(ports: list[int], count: int, timeout: float) -> list[Target]:
@@ -110,7 +115,25 @@ def summarise(
     }
 
 
-def render(older: list[ProbeResult], newer: list[ProbeResult], out: Path) -> dict[str, object]:
+def next_round(result: ProbeResult) -> ProbeResult:
+    """``result`` one interval later: same findings, new start time and durations."""
+
+    def later(report: HandshakeReport) -> HandshakeReport:
+        shake = report.handshake
+        shake = dataclasses.replace(shake, handshake_seconds=shake.handshake_seconds * 1.01)
+        return dataclasses.replace(report, handshake=shake)
+
+    return dataclasses.replace(
+        result,
+        sni=later(result.sni),
+        no_sni=later(result.no_sni),
+        started_at=result.started_at + result.target.interval,
+        duration_seconds=result.duration_seconds * 1.01,
+    )
+
+
+def render(older: list[ProbeResult], out: Path) -> dict[str, object]:
+    newer = [next_round(r) for r in older]
     exposition = metrics.Exposition()
     for result in older:
         exposition.update(result)
@@ -158,13 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     ports = [int(p) for p in args.ports.split(",")]
     base = targets(ports, args.count, args.timeout)
     trust = certs.load_trust_store(args.ca_file)
-    rounds: list[list[ProbeResult]] = []
+    latest: list[ProbeResult] = []
     for line in sys.stdin:
         words = line.split()
         if not words or words[0] == "quit":
             break
         if words[0] == "render":
-            print(json.dumps(render(rounds[-2], rounds[-1], Path(words[1]))), flush=True)
+            print(json.dumps(render(latest, Path(words[1]))), flush=True)
             continue
         cycle_targets, holes = base[: int(words[1])], set[str]()
         if len(words) == 4:
@@ -180,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         if profiler:
             profiler.dump_stats(args.profile)
         if not holes:
-            rounds = [*rounds[-1:], results]
+            latest = results
         answer = {
             "endpoints": len(cycle_targets),
             "cpu_seconds": cpu,

@@ -143,13 +143,18 @@ def _nginx_binary() -> str:
     return found
 
 
-def wait_listening(port: int, deadline_seconds: float = 15.0) -> None:
+def wait_listening(
+    port: int, deadline_seconds: float = 15.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Poll until ``port`` accepts; fail early when ``process`` (the server) exits."""
     deadline = time.monotonic() + deadline_seconds
     while True:
         try:
             with socket.create_connection((ADDRESS, port), timeout=1):
                 return
         except OSError:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the server exited with {process.returncode}") from None
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)  # polling a server's port with a deadline, not synchronising
@@ -196,7 +201,7 @@ def run_nginx(state: Path, count: int, ports: int = 4, vhosts: int = 16) -> Iter
     server = Nginx(state=state, pki=pki, ports=port_list, count=count, process=proc)
     try:
         for p in port_list:
-            wait_listening(p)
+            wait_listening(p, process=proc)
         yield server
     finally:
         proc.terminate()

@@ -55,6 +55,15 @@ def binary() -> str:
     return str(Path(sys.executable).parent / "sni-exporter")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Fetched:
+    status: int
+    body: bytes  # decompressed
+    wire_bytes: int
+    headers_seconds: float  # until the status line and headers were read
+    seconds: float  # until the whole body was read
+
+
 @dataclasses.dataclass
 class Service:
     port: int
@@ -71,21 +80,23 @@ class Service:
     def memory(self) -> dict[str, int]:
         return measure.process_memory(self.pid)
 
-    def get(self, path: str, *, gzipped: bool = False) -> tuple[int, bytes, float]:
-        """GET ``path``: status, body (decompressed), seconds until the body was read."""
+    def get(self, path: str, *, gzipped: bool = False) -> Fetched:
+        """GET ``path`` on a new connection (as Prometheus's scrapes mostly are)."""
         conn = http.client.HTTPConnection(fleet.ADDRESS, self.port, timeout=30)
         headers = {"Accept-Encoding": "gzip"} if gzipped else {}
         try:
             start = time.perf_counter()
             conn.request("GET", path, headers=headers)
             response = conn.getresponse()
+            first = time.perf_counter()
             body = response.read()
-            seconds = time.perf_counter() - start
+            done = time.perf_counter()
         finally:
             conn.close()
+        wire = len(body)
         if response.getheader("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
-        return response.status, body, seconds
+        return Fetched(response.status, body, wire, first - start, done - start)
 
     def wait_ready(self, deadline_seconds: float) -> float:
         """Poll /-/ready until 200 (after the first round of probes); seconds waited."""
@@ -94,7 +105,7 @@ class Service:
             if self.process.poll() is not None:
                 raise RuntimeError(f"sni-exporter exited: see {self.log}")
             with contextlib.suppress(OSError):
-                if self.get("/-/ready")[0] == 200:
+                if self.get("/-/ready").status == 200:
                     return time.monotonic() - start
             time.sleep(0.2)  # polling with a deadline
         raise RuntimeError(f"sni-exporter not ready after {deadline_seconds:g}s: see {self.log}")
@@ -122,7 +133,11 @@ def run_service(state: Path, config: str, concurrency: int | None) -> Iterator[S
     with log_path.open("wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         try:
-            fleet.wait_listening(port, deadline_seconds=60)
+            try:
+                fleet.wait_listening(port, deadline_seconds=60, process=proc)
+            except RuntimeError:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+                raise RuntimeError(f"sni-exporter serve failed: {' '.join(tail)}") from None
             yield Service(port=port, process=proc, log=log_path)
         finally:
             proc.terminate()  # SIGTERM: the graceful stop
@@ -143,6 +158,7 @@ class Snapshot:
     last_run: dict[bytes, float]  # target label value -> last run (POSIX s)
     lateness: dict[float, float]  # bucket upper bound -> cumulative count
     probes: float  # sni_exporter_probes_total, all results
+    successes: float  # sni_exporter_probes_total{result="success"}: the SNI handshake worked
 
 
 def _le(line: bytes) -> float:
@@ -158,20 +174,24 @@ def snapshot(service: Service) -> Snapshot:
     at = time.time()
     cpu = service.cpu_seconds()
     rss = service.memory().get("VmRSS", 0)
-    status, body, _ = service.get("/metrics")
-    if status != 200:
-        raise RuntimeError(f"/metrics answered {status}")
+    fetched = service.get("/metrics")
+    if fetched.status != 200:
+        raise RuntimeError(f"/metrics answered {fetched.status}")
+    body = fetched.body
     last_run: dict[bytes, float] = {}
     lateness: dict[float, float] = {}
-    probes = 0.0
+    probes = successes = 0.0
     for line in body.split(b"\n"):
         if line.startswith(_LAST_RUN):
             last_run[_target(line)] = float(line.rsplit(b" ", 1)[1])
         elif line.startswith(_LATENESS):
             lateness[_le(line)] = float(line.rsplit(b" ", 1)[1])
         elif line.startswith(_PROBES):
-            probes += float(line.rsplit(b" ", 1)[1])
-    return Snapshot(at, cpu, rss, last_run, lateness, probes)
+            value = float(line.rsplit(b" ", 1)[1])
+            probes += value
+            if b'result="success"' in line:
+                successes += value
+    return Snapshot(at, cpu, rss, last_run, lateness, probes, successes)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -181,7 +201,10 @@ class Window:
     seconds: float
     cpu_seconds: float
     probes: float
+    successes: float
     lateness_p99: float
+    # Black-holed targets are excluded: their results (and last-run times) are
+    # published only after their timeout.
     max_age_seconds: float  # oldest last run at the end, relative to the end
     stale_targets: int  # last run older than interval + allowed lateness at the end
     rss_bytes: int
@@ -195,14 +218,18 @@ class Window:
         return self.cpu_seconds / self.seconds
 
 
-def window(a: Snapshot, b: Snapshot, interval: float, allowed_lateness: float) -> Window:
+def window(
+    a: Snapshot, b: Snapshot, interval: float, allowed_lateness: float, exclude: set[bytes]
+) -> Window:
+    """Figures between two snapshots; ages only of targets not in ``exclude``."""
     bounds = sorted(set(a.lateness) | set(b.lateness))
     deltas = [(le, b.lateness.get(le, 0.0) - a.lateness.get(le, 0.0)) for le in bounds]
-    ages = [b.at - t for t in b.last_run.values()]
+    ages = [b.at - t for name, t in b.last_run.items() if name not in exclude]
     return Window(
         seconds=b.at - a.at,
         cpu_seconds=b.cpu_seconds - a.cpu_seconds,
         probes=b.probes - a.probes,
+        successes=b.successes - a.successes,
         lateness_p99=measure.histogram_quantile(0.99, deltas),
         max_age_seconds=max(ages, default=float("nan")),
         stale_targets=sum(age > interval + allowed_lateness for age in ages),
@@ -211,7 +238,13 @@ def window(a: Snapshot, b: Snapshot, interval: float, allowed_lateness: float) -
 
 
 def periods(a: Snapshot, b: Snapshot, cycles: int, exclude: set[bytes]) -> list[float]:
-    """Each target's realised probe period over ``cycles`` intervals (excluding some)."""
+    """Each target's realised probe period over ``cycles`` intervals (excluding some).
+
+    A result is published a little after its probe started, so a target probed
+    just before a snapshot may show its previous run: single periods are off
+    by up to one interval ÷ cycles at the edges.  Their median is robust to
+    that; ``Window.successes`` counts healthy probes exactly.
+    """
     return [
         (b.last_run[t] - a.last_run[t]) / cycles
         for t in b.last_run
@@ -219,10 +252,11 @@ def periods(a: Snapshot, b: Snapshot, cycles: int, exclude: set[bytes]) -> list[
     ]
 
 
-def scrape_latencies(service: Service, count: int, *, gzipped: bool) -> list[float]:
-    """``count`` scrapes of /metrics, 20 ms apart: seconds each."""
+def scrape_latencies(service: Service, count: int, *, gzipped: bool) -> list[Fetched]:
+    """``count`` scrapes of /metrics, 20 ms apart (bodies dropped)."""
     out = []
     for _ in range(count):
-        out.append(service.get("/metrics", gzipped=gzipped)[2])
+        fetched = service.get("/metrics", gzipped=gzipped)
+        out.append(dataclasses.replace(fetched, body=b""))
         time.sleep(0.02)  # spacing scrapes, as a scraper would; not synchronising
     return out

@@ -47,7 +47,9 @@ from exporter.model import (
     DEFAULT_INTERVAL,
     DEFAULT_PORT,
     DEFAULT_TIMEOUT,
+    RESERVED_LABELS,
     Target,
+    is_ip_literal,
     target_name,
 )
 from exporter.reasons import SniExporterError, UsageError
@@ -90,25 +92,6 @@ MAX_CA_BYTES: Final = 16 * 1024 * 1024
 MIN_INTERVAL: Final = 1.0  # faster probing loads servers and tells nothing new
 MAX_INTERVAL: Final = 7 * 86400.0  # also keeps the scheduler's timedelta arithmetic finite
 
-#: Label names the exporter's own series use, or Prometheus sets at scrape time.
-RESERVED_LABELS: Final = frozenset(
-    {
-        "target",
-        "sni",
-        "reason",
-        "subject",
-        "issuer",
-        "serial",
-        "fingerprint_sha256",
-        "version",
-        "address",
-        "job",
-        "instance",
-        "index",
-        "count",
-        "result",
-    }
-)
 
 _SETTING_KEYS: Final = ("port", "interval", "timeout", "ca_file", "labels")
 _ROOT_KEYS: Final = ("defaults", "targets", "groups")
@@ -259,7 +242,7 @@ def normalise_host(host: str) -> str:
     if not host:
         raise UsageError("the host is empty; give a DNS name or an IP address")
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if _is_ip(bare):
+    if is_ip_literal(bare):
         return str(ipaddress.ip_address(bare))
     if bare != host:
         raise UsageError(f"{_q(host)}: brackets are only for IPv6 addresses")
@@ -334,7 +317,7 @@ def parse_target(spec: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]
         port = _port_text(rest[1:], spec) if rest else default_port
     elif spec.count(":") > 1:
         host, port = spec, default_port
-        if not _is_ip(spec):
+        if not is_ip_literal(spec):
             raise UsageError(
                 f"{_q(spec)} is neither host:port nor an IPv6 address; "
                 "write IPv6 with a port as [addr]:port"
@@ -353,7 +336,7 @@ def normalise_address(text: str) -> str:
     Raises ``UsageError``.
     """
     bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
-    if not _is_ip(bare):
+    if not is_ip_literal(bare):
         raise UsageError(
             f"address {_q(text)} is not an IP address; give an IPv4 or IPv6 address "
             "(host names go in `host`)"
@@ -1086,14 +1069,6 @@ def _port_text(text: str, spec: str) -> int:
     if len(text) > 5 or not 1 <= int(text) <= 65535:
         raise UsageError(f"{_q(spec)}: the port {text} is out of range; use 1-65535")
     return int(text)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _kind(node: Node | None) -> str:

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 from prometheus_client.metrics_core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from exporter.model import RESERVED_LABELS
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
@@ -45,28 +47,6 @@ log = logging.getLogger(__name__)
 #: The Content-Type of ``Exposition.render()``'s output.
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
-#: Label names a target's configured labels may not use: ours, Prometheus's
-#: target labels, and those kept for later (``address``) or used by the
-#: exporter's own metrics.  Config rejects them; the renderer drops them too,
-#: because a duplicate label name makes Prometheus reject the whole scrape.
-RESERVED_LABEL_NAMES: Final = frozenset(
-    {
-        "target",
-        "sni",
-        "reason",
-        "subject",
-        "issuer",
-        "serial",
-        "fingerprint_sha256",
-        "version",
-        "address",
-        "job",
-        "instance",
-        "index",
-        "count",
-        "result",
-    }
-)
 
 _LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
@@ -199,7 +179,7 @@ def configured_labels(target: Target) -> tuple[tuple[str, str], ...]:
             for name, value in labels.items()
             if _LABEL_NAME.fullmatch(name)
             and not name.startswith("__")
-            and name not in RESERVED_LABEL_NAMES
+            and name not in RESERVED_LABELS
         )
     )
 

@@ -11,12 +11,36 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from exporter.reasons import Reason
 
 DEFAULT_PORT = 443
+
+#: Label names a target's configured labels may not use: the exporter's own
+#: series labels, the exporter metrics' labels, ``address`` (kept for probing
+#: every address behind a name), and what Prometheus sets at scrape time.
+#: Config rejects them; the renderer drops them too, because a duplicate label
+#: name makes Prometheus reject the whole scrape.
+RESERVED_LABELS: Final = frozenset(
+    {
+        "target",
+        "sni",
+        "reason",
+        "subject",
+        "issuer",
+        "serial",
+        "fingerprint_sha256",
+        "version",
+        "address",
+        "job",
+        "instance",
+        "index",
+        "count",
+        "result",
+    }
+)
 DEFAULT_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 5.0
 

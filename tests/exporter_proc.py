@@ -44,6 +44,22 @@ def wait_for(
     raise AssertionError(msg)
 
 
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``sni-exporter ARGS...`` to completion."""
+    return subprocess.run(
+        [EXPORTER, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """Assert the bad-input contract (exit 2, one line on stderr, no traceback); return the line."""
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
 class Exporter:
     """A running exporter.  Use as a context manager; it is stopped with SIGTERM."""
 

@@ -1,4 +1,4 @@
-"""In-memory results for pure tests: no sockets, no certificates on disk."""
+"""In-memory results for the pure tests: no sockets, no certificates on disk."""
 
 from __future__ import annotations
 
@@ -15,95 +15,115 @@ from exporter.model import (
     Verdict,
 )
 from exporter.reasons import Reason
+from exporter.verdict import decide
 
-NOW = 1_800_000_000.0  # 2027-01-15, a fixed "now" for pure tests
+NOW = 1_800_000_000.123456  # a start time (2027-01-15) with every digit significant
+HOUR = 3600.0
+
+TRUSTED = ChainCheck(valid=True, strict_valid=True)
+UNTRUSTED = ChainCheck(
+    valid=False,
+    error="unable to get local issuer certificate",
+    strict_valid=False,
+    strict_error="candidates exhausted",
+)
 
 
-def facts(name: str = "a.test", *, fingerprint: str | None = None, **changes: object) -> CertFacts:
-    base = CertFacts(
+def cert_facts(name: str, **changes: object) -> CertFacts:
+    """Facts of a leaf for ``name``; a distinct fingerprint per name."""
+    facts = CertFacts(
         subject=f"CN={name},O=Test",
-        issuer="CN=Test CA,O=Test",
+        issuer="CN=Test Issuing CA,O=Test",
         common_name=name,
-        serial="0a1b2c",
-        not_before=NOW - 86400,
-        not_after=NOW + 30 * 86400,
-        fingerprint_sha256=fingerprint or (name.encode().hex() * 8)[:64],
+        serial=f"{len(name):04x}0a1b",
+        not_before=NOW - 30 * 24 * HOUR,
+        not_after=NOW + 60 * 24 * HOUR,
+        fingerprint_sha256=(name.encode(errors="replace").hex() * 64)[:64],
         dns_names=(name,),
         ip_addresses=(),
         has_san=True,
         self_issued=False,
         is_ca=False,
     )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(facts, **changes)  # type: ignore[arg-type]
 
 
-def ok(
+def succeeded(
     sni: bool,
-    cert: CertFacts | None = None,
+    facts: CertFacts,
     *,
-    matches: bool = True,
-    chain_valid: bool = True,
+    hostname_match: bool = True,
+    chain: ChainCheck = TRUSTED,
     expired: bool = False,
-    tls_version: str = "TLSv1.3",
+    tls_version: str | None = "TLSv1.3",
+    connect: float = 0.0011,
+    handshake: float = 0.0023,
 ) -> HandshakeReport:
-    cert = cert or facts()
+    """A handshake that worked and served ``facts``, judged as given."""
     return HandshakeReport(
-        handshake=Handshake(
+        Handshake(
             sni=sni,
-            server_name="a.test" if sni else None,
+            server_name=facts.common_name if sni else None,
             address="127.0.0.1",
             port=443,
             ok=True,
             tls_version=tls_version,
             cipher="TLS_AES_256_GCM_SHA384",
-            connect_seconds=0.001,
-            handshake_seconds=0.002,
+            connect_seconds=connect,
+            handshake_seconds=handshake,
             chain_der=(b"leaf",),
         ),
-        certificate=CertificateReport(
-            facts=cert,
-            hostname_match=matches,
-            chain=ChainCheck(
-                valid=chain_valid,
-                error=None if chain_valid else "unable to get local issuer certificate",
-                strict_valid=chain_valid,
-            ),
-            expired=expired,
-        ),
+        CertificateReport(facts, hostname_match=hostname_match, chain=chain, expired=expired),
     )
 
 
-def failed(sni: bool, reason: Reason, detail: str = "") -> HandshakeReport:
+def failed(
+    sni: bool, reason: Reason, *, detail: str = "", connect: float = 0.0007
+) -> HandshakeReport:
+    """A handshake that failed for ``reason``."""
     return HandshakeReport(
-        handshake=Handshake(
+        Handshake(
             sni=sni,
-            server_name="a.test" if sni else None,
+            server_name=None,
             address="127.0.0.1",
             port=443,
             ok=False,
             reason=reason,
             detail=detail or f"failed: {reason}",
-            connect_seconds=0.001,
+            connect_seconds=connect,
         ),
-        certificate=None,
+        None,
     )
 
 
-def result(
-    sni: HandshakeReport,
-    no_sni: HandshakeReport,
-    verdict: Verdict | None = None,
-    target: Target | None = None,
+def probe_result(
+    host: str = "a.test",
+    *,
+    port: int = 443,
+    address: str = "127.0.0.1",
+    labels: tuple[tuple[str, str], ...] = (),
+    sni: HandshakeReport | None = None,
+    no_sni: HandshakeReport | None = None,
+    sni_required: bool = False,
+    mismatch: bool = False,
+    started_at: float = NOW,
+    interval: float = 60.0,
 ) -> ProbeResult:
-    from exporter.verdict import decide  # noqa: PLC0415
-
-    target = target or Target(host="a.test", address="127.0.0.1")
+    """A result for ``host`` with the verdict as given; by default both handshakes succeed
+    with the same leaf."""
+    facts = cert_facts(host)
     return ProbeResult(
-        target=target,
-        address=sni.handshake.address,
-        sni=sni,
-        no_sni=no_sni,
-        verdict=verdict or decide(target.host, sni, no_sni),
-        started_at=NOW,
-        duration_seconds=0.004,
+        target=Target(host=host, port=port, address=address, labels=labels, interval=interval),
+        address=address,
+        sni=sni or succeeded(True, facts),
+        no_sni=no_sni or succeeded(False, facts),
+        verdict=Verdict(sni_required, mismatch, "explanation"),
+        started_at=started_at,
+        duration_seconds=0.01,
     )
+
+
+def judged(sni: HandshakeReport, no_sni: HandshakeReport, host: str = "a.test") -> ProbeResult:
+    """A result for ``host`` whose verdict is the real one for these handshakes."""
+    result = probe_result(host, sni=sni, no_sni=no_sni)
+    return dataclasses.replace(result, verdict=decide(host, sni, no_sni))

@@ -11,15 +11,13 @@ from typing import Any
 import pytest
 
 from exporter.demo.fleet import Fleet, Scenario
-from tests.exporter_proc import EXPORTER
+from tests.exporter_proc import EXPORTER, cli, one_error_line
 
 pytestmark = pytest.mark.slow
 
 
-def check(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [EXPORTER, "check", *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
+def check(*args: str) -> subprocess.CompletedProcess[str]:
+    return cli("check", *args)
 
 
 def scenario_args(s: Scenario, fleet: Fleet) -> list[str]:
@@ -145,10 +143,7 @@ class TestBadInput:
     def test_one_line_exit_2(self, args: list[str], expect: str) -> None:
         """Bad input: exit 2 and one line saying what is wrong, never a traceback."""
         done = check(*args)
-        assert done.returncode == 2, done.stdout + done.stderr
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1, done.stderr
-        assert expect in lines[0]
+        assert expect in one_error_line(done)
         assert not done.stdout
 
     def test_unknown_host(self) -> None:
@@ -167,10 +162,7 @@ class TestBadInput:
             timeout=60,
             check=False,
         )
-        assert done.returncode == 2, done.stderr
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1, done.stderr
-        assert "cannot resolve 'nosuch.example.invalid'" in lines[0]
+        assert "cannot resolve 'nosuch.example.invalid'" in one_error_line(done)
 
 
 class TestValidate:
@@ -178,9 +170,7 @@ class TestValidate:
         """validate prints the target count and exits 0."""
         f = tmp_path / "t.yaml"
         f.write_text("targets:\n  - a.test\n  - b.test:8443\n")
-        done = subprocess.run(
-            [EXPORTER, "validate", str(f)], capture_output=True, text=True, check=False
-        )
+        done = cli("validate", str(f))
         assert done.returncode == 0
         assert "2 targets" in done.stdout
 
@@ -190,9 +180,7 @@ class TestValidate:
         f.write_text(
             "targets:\n  - host: a.test\n    port: 0\n  - host: b.test\n    interval: 5x\n"
         )
-        done = subprocess.run(
-            [EXPORTER, "validate", str(f)], capture_output=True, text=True, check=False
-        )
+        done = cli("validate", str(f))
         assert done.returncode == 2
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 2, done.stderr

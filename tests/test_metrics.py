@@ -20,112 +20,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import metrics
 from exporter.metrics import FAMILIES, Exposition, TargetCollector, configured_labels
-from exporter.model import (
-    CertFacts,
-    CertificateReport,
-    ChainCheck,
-    Handshake,
-    HandshakeReport,
-    ProbeResult,
-    Target,
-    Verdict,
-)
+from exporter.model import ChainCheck, HandshakeReport, ProbeResult, Target, Verdict
 from exporter.reasons import Reason
+from tests.factories import NOW, cert_facts, failed, probe_result, succeeded
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
-
-NOW = 1_800_000_000.123456  # a start time with every digit significant
-HOUR = 3600.0
-
-# --- A small factory --------------------------------------------------------------
-
-
-def cert_facts(name: str, **changes: object) -> CertFacts:
-    """Facts of a leaf for ``name``; a distinct fingerprint per name."""
-    facts = CertFacts(
-        subject=f"CN={name},O=Test",
-        issuer="CN=Test Issuing CA,O=Test",
-        common_name=name,
-        serial=f"{len(name):04x}0a1b",
-        not_before=NOW - 30 * 24 * HOUR,
-        not_after=NOW + 60 * 24 * HOUR,
-        fingerprint_sha256=(name.encode(errors="replace").hex() * 64)[:64],
-        dns_names=(name,),
-        ip_addresses=(),
-        has_san=True,
-        self_issued=False,
-        is_ca=False,
-    )
-    return dataclasses.replace(facts, **changes)  # type: ignore[arg-type]
-
-
-def succeeded(
-    sni: bool,
-    facts: CertFacts,
-    *,
-    hostname_match: bool = True,
-    chain: ChainCheck = ChainCheck(valid=True, strict_valid=True),  # noqa: B008 (frozen)
-    tls_version: str | None = "TLSv1.3",
-    connect: float = 0.0011,
-    handshake: float = 0.0023,
-) -> HandshakeReport:
-    return HandshakeReport(
-        Handshake(
-            sni=sni,
-            server_name=facts.common_name if sni else None,
-            address="127.0.0.1",
-            port=443,
-            ok=True,
-            tls_version=tls_version,
-            connect_seconds=connect,
-            handshake_seconds=handshake,
-            chain_der=(b"leaf",),
-        ),
-        CertificateReport(facts, hostname_match=hostname_match, chain=chain, expired=False),
-    )
-
-
-def failed(sni: bool, reason: Reason, *, connect: float = 0.0007) -> HandshakeReport:
-    return HandshakeReport(
-        Handshake(
-            sni=sni,
-            server_name=None,
-            address="127.0.0.1",
-            port=443,
-            ok=False,
-            reason=reason,
-            detail=f"failed: {reason}",
-            connect_seconds=connect,
-        ),
-        None,
-    )
-
-
-def probe_result(
-    host: str = "a.test",
-    *,
-    port: int = 443,
-    address: str = "127.0.0.1",
-    labels: tuple[tuple[str, str], ...] = (),
-    sni: HandshakeReport | None = None,
-    no_sni: HandshakeReport | None = None,
-    sni_required: bool = False,
-    mismatch: bool = False,
-    started_at: float = NOW,
-    interval: float = 60.0,
-) -> ProbeResult:
-    """A result for ``host``; by default both handshakes succeed with the same leaf."""
-    facts = cert_facts(host)
-    return ProbeResult(
-        target=Target(host=host, port=port, address=address, labels=labels, interval=interval),
-        address=address,
-        sni=sni or succeeded(True, facts),
-        no_sni=no_sni or succeeded(False, facts),
-        verdict=Verdict(sni_required, mismatch, "explanation"),
-        started_at=started_at,
-        duration_seconds=0.01,
-    )
 
 
 def sni_required_result(host: str = "api.test", **changes: object) -> ProbeResult:

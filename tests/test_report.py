@@ -6,40 +6,47 @@ import json
 
 from exporter.reasons import Reason
 from exporter.report import findings, table, to_json
-from tests.factories import NOW, facts, failed, ok, result
+from tests.factories import NOW, UNTRUSTED, cert_facts, failed, judged, succeeded
 
-A = facts("a.test")
+A = cert_facts("a.test")
 
 
 class TestFindings:
     def test_clean_endpoint_has_none(self) -> None:
         """Same valid certificate both ways: nothing found, so check exits 0."""
-        assert findings(result(ok(True, A), ok(False, A))) == []
+        assert findings(judged(succeeded(True, A), succeeded(False, A))) == []
 
     def test_sni_required(self) -> None:
         """A no-SNI alert is both an SNI finding and a failed handshake."""
-        found = findings(result(ok(True, A), failed(False, Reason.UNRECOGNIZED_NAME)))
+        found = findings(judged(succeeded(True, A), failed(False, Reason.UNRECOGNIZED_NAME)))
         assert "SNI required" in found
         assert "handshake without SNI fails: unrecognized_name" in found
 
     def test_problems_with_the_sni_certificate(self) -> None:
         """Expired, wrong name and untrusted chain on the SNI answer are each findings."""
-        bad = ok(True, A, matches=False, chain_valid=False, expired=True)
-        found = findings(result(bad, bad))
+        bad = succeeded(True, A, hostname_match=False, chain=UNTRUSTED, expired=True)
+        found = findings(judged(bad, bad))
         assert "certificate expired" in found
         assert "certificate does not match the host name" in found
         assert any(f.startswith("untrusted chain") for f in found)
 
     def test_mismatch_alone(self) -> None:
         """A different certificate without SNI that still covers the name is a finding."""
-        found = findings(result(ok(True, A), ok(False, facts("a.test", fingerprint="e" * 64))))
+        found = findings(
+            judged(
+                succeeded(True, A),
+                succeeded(False, cert_facts("a.test", fingerprint_sha256="e" * 64)),
+            )
+        )
         assert found == ["certificate differs without SNI"]
 
 
 class TestJson:
     def test_schema(self) -> None:
         """check --json objects carry the documented keys and types."""
-        doc = to_json(result(ok(True, A), failed(False, Reason.RESET, "connection reset")))
+        doc = to_json(
+            judged(succeeded(True, A), failed(False, Reason.RESET, detail="connection reset"))
+        )
         json.dumps(doc)  # serialisable as is
         assert doc["target"] == "a.test:443"
         assert doc["sni_required"] is True
@@ -67,7 +74,7 @@ class TestJson:
 class TestTable:
     def test_rows_and_verdicts(self) -> None:
         """Two rows per target, then one verdict line per target."""
-        text = table([result(ok(True, A), failed(False, Reason.UNRECOGNIZED_NAME))], NOW)
+        text = table([judged(succeeded(True, A), failed(False, Reason.UNRECOGNIZED_NAME))], NOW)
         lines = text.splitlines()
         assert lines[0].split()[:3] == ["TARGET", "MODE", "RESULT"]
         assert lines[1].startswith("a.test:443")

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from exporter.demo.fleet import Fleet, Scenario
-from tests.exporter_proc import EXPORTER, Exporter, free_port, running, wait_for
+from tests.exporter_proc import Exporter, cli, free_port, one_error_line, running, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -221,46 +221,17 @@ class TestLifecycle:
         """Bad files and flags exit non-zero with one line that names the problem, no traceback."""
         config = tmp_path / "t.yaml"
         config.write_text(content)
-        done = subprocess.run(
-            [
-                EXPORTER,
-                "serve",
-                "--config.file",
-                str(config),
-                "--web.listen-address",
-                f"127.0.0.1:{free_port()}",
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
+        listen = f"127.0.0.1:{free_port()}"
+        line = one_error_line(
+            cli("serve", "--config.file", str(config), "--web.listen-address", listen, *args)
         )
-        assert done.returncode == 2
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1, done.stderr
-        assert expect in lines[0]
-        assert "Traceback" not in done.stderr
+        assert expect in line
 
     def test_busy_port_is_one_line(self, tmp_path: Path, fleet: Fleet) -> None:
         """A port already in use fails at start with one line naming it."""
         s = next(x for x in fleet.scenarios if x.name == "nginx-single")
         config = write_config(tmp_path / "t.yaml", fleet, [s])
         with running(config) as first:
-            done = subprocess.run(
-                [
-                    EXPORTER,
-                    "serve",
-                    "--config.file",
-                    str(config),
-                    "--web.listen-address",
-                    f"127.0.0.1:{first.port}",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
-        assert done.returncode == 2
-        assert done.stderr.count("\n") == 1
-        assert f"127.0.0.1:{first.port}" in done.stderr
+            listen = f"127.0.0.1:{first.port}"
+            done = cli("serve", "--config.file", str(config), "--web.listen-address", listen)
+        assert listen in one_error_line(done)

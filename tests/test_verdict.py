@@ -7,45 +7,57 @@ import pytest
 from exporter.model import HandshakeReport
 from exporter.reasons import Reason
 from exporter.verdict import decide
-from tests.factories import facts, failed, ok
+from tests.factories import cert_facts, failed, succeeded
 
-A = facts("a.test")
-OTHER = facts("default.test")
-A_TOO = facts("a.test", fingerprint="f" * 64)  # another certificate that also covers a.test
+A = cert_facts("a.test")
+OTHER = cert_facts("default.test")
+A_TOO = cert_facts("a.test", fingerprint_sha256="f" * 64)  # another cert that covers a.test
 
 CASES: list[tuple[str, HandshakeReport, HandshakeReport, bool, bool]] = [
     # name, sni, no_sni, sni_required, certificate_mismatch
-    ("same cert both ways", ok(True, A), ok(False, A), False, False),
-    ("default cert for another name", ok(True, A), ok(False, OTHER, matches=False), True, True),
-    ("no-SNI alert 112", ok(True, A), failed(False, Reason.UNRECOGNIZED_NAME), True, False),
-    ("no-SNI alert 40", ok(True, A), failed(False, Reason.HANDSHAKE_FAILURE), True, False),
-    ("no-SNI reset (errno 54)", ok(True, A), failed(False, Reason.RESET), True, False),
-    ("no-SNI timeout", ok(True, A), failed(False, Reason.TIMEOUT), True, False),
-    ("default cert also covers the name", ok(True, A), ok(False, A_TOO), False, True),
-    ("SNI fails, no-SNI works", failed(True, Reason.RESET), ok(False, A), False, False),
+    ("same cert both ways", succeeded(True, A), succeeded(False, A), False, False),
+    (
+        "default cert for another name",
+        succeeded(True, A),
+        succeeded(False, OTHER, hostname_match=False),
+        True,
+        True,
+    ),
+    ("no-SNI alert 112", succeeded(True, A), failed(False, Reason.UNRECOGNIZED_NAME), True, False),
+    ("no-SNI alert 40", succeeded(True, A), failed(False, Reason.HANDSHAKE_FAILURE), True, False),
+    ("no-SNI reset (errno 54)", succeeded(True, A), failed(False, Reason.RESET), True, False),
+    ("no-SNI timeout", succeeded(True, A), failed(False, Reason.TIMEOUT), True, False),
+    ("default cert also covers the name", succeeded(True, A), succeeded(False, A_TOO), False, True),
+    ("SNI fails, no-SNI works", failed(True, Reason.RESET), succeeded(False, A), False, False),
     ("both fail", failed(True, Reason.REFUSED), failed(False, Reason.REFUSED), False, False),
     (
         "SNI answer wrong too, same cert",
-        ok(True, OTHER, matches=False),
-        ok(False, OTHER, matches=False),
+        succeeded(True, OTHER, hostname_match=False),
+        succeeded(False, OTHER, hostname_match=False),
         False,
         False,
     ),
     (
         "SNI answer wrong, other wrong cert",
-        ok(True, OTHER, matches=False),
-        ok(False, A_TOO, matches=False),
+        succeeded(True, OTHER, hostname_match=False),
+        succeeded(False, A_TOO, hostname_match=False),
         False,
         True,
     ),
     (
         "SNI answer wrong, no-SNI fails",
-        ok(True, OTHER, matches=False),
+        succeeded(True, OTHER, hostname_match=False),
         failed(False, Reason.UNRECOGNIZED_NAME),
         True,
         False,
     ),
-    ("expired but same cert", ok(True, A, expired=True), ok(False, A, expired=True), False, False),
+    (
+        "expired but same cert",
+        succeeded(True, A, expired=True),
+        succeeded(False, A, expired=True),
+        False,
+        False,
+    ),
 ]
 
 
@@ -67,7 +79,7 @@ class TestTruthTable:
 class TestExplanation:
     def test_remedies_when_sni_required(self) -> None:
         """An SNI-required verdict names the article's three remedies."""
-        v = decide("a.test", ok(True, A), failed(False, Reason.UNRECOGNIZED_NAME))
+        v = decide("a.test", succeeded(True, A), failed(False, Reason.UNRECOGNIZED_NAME))
         assert "glide.outbound.tls_sni.enabled=true" in v.explanation
         assert "MID Server" in v.explanation
         assert "dedicated IP" in v.explanation

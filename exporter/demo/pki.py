@@ -202,20 +202,7 @@ class CA(Issued):
                 builder.add_extension(
                     x509.BasicConstraints(ca=False, path_length=None), critical=True
                 )
-                .add_extension(
-                    x509.KeyUsage(
-                        digital_signature=True,
-                        content_commitment=False,
-                        key_encipherment=False,
-                        data_encipherment=False,
-                        key_agreement=False,
-                        key_cert_sign=False,
-                        crl_sign=False,
-                        encipher_only=False,
-                        decipher_only=False,
-                    ),
-                    critical=True,
-                )
+                .add_extension(_key_usage(signs_certificates=False), critical=True)
                 .add_extension(
                     x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
                 )
@@ -261,6 +248,21 @@ def _internal_ca_extensions(builder: x509.CertificateBuilder) -> x509.Certificat
     return builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
 
 
+def _key_usage(*, signs_certificates: bool) -> x509.KeyUsage:
+    """keyUsage as a real CA sets it: signatures, plus certificate and CRL signing for CAs."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=signs_certificates,
+        crl_sign=signs_certificates,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def _ca_extensions(
     builder: x509.CertificateBuilder,
     subject_key: ec.EllipticCurvePublicKey,
@@ -271,20 +273,7 @@ def _ca_extensions(
         builder.add_extension(
             x509.BasicConstraints(ca=True, path_length=path_length), critical=True
         )
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(signs_certificates=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key), critical=False

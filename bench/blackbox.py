@@ -116,11 +116,24 @@ class DriveResult:
     wall_seconds: float
 
 
-def drive(port: int, paths: Sequence[str], concurrency: int, deadline: float) -> DriveResult:
-    """GET every path with ``concurrency`` keep-alive connections; bounded by ``deadline``."""
-    jobs = iter(paths)
+def drive(
+    port: int,
+    paths: Sequence[str],
+    concurrency: int,
+    deadline: float,
+    rate: float | None = None,
+) -> DriveResult:
+    """GET every path with ``concurrency`` keep-alive connections; bounded by ``deadline``.
+
+    With ``rate`` (requests per second) request k is sent no earlier than
+    k / rate after the start, spreading the work evenly in time as a
+    Prometheus scraping N probe targets on one interval does; without, as
+    fast as the connections allow.
+    """
+    jobs = iter(enumerate(paths))
     lock = threading.Lock()
     succeeded = [0]
+    start = time.monotonic()
 
     def worker() -> None:
         conn = http.client.HTTPConnection(fleet.ADDRESS, port, timeout=30)
@@ -128,9 +141,12 @@ def drive(port: int, paths: Sequence[str], concurrency: int, deadline: float) ->
         try:
             while time.monotonic() < deadline:
                 with lock:
-                    path = next(jobs, None)
-                if path is None:
+                    index, path = next(jobs, (-1, ""))
+                if index < 0:
                     break
+                if rate:
+                    # Pacing a load generator: waiting for a point in time is the point.
+                    time.sleep(max(0.0, start + index / rate - time.monotonic()))
                 conn.request("GET", path)
                 body = conn.getresponse().read()
                 ok += b"\nprobe_success 1" in body
@@ -139,7 +155,6 @@ def drive(port: int, paths: Sequence[str], concurrency: int, deadline: float) ->
             with lock:
                 succeeded[0] += ok
 
-    start = time.monotonic()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
         t.start()

@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import cProfile
 import dataclasses
+import gc
 import gzip
 import json
 import resource
@@ -164,6 +165,28 @@ def render(older: list[ProbeResult], out: Path) -> dict[str, object]:
     }
 
 
+class GcClock:
+    """Time spent in the cyclic garbage collector, per generation (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.collections = [0, 0, 0]
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.thread_time()
+        else:
+            generation = info["generation"]
+            self.seconds[generation] += time.thread_time() - self._start
+            self.collections[generation] += 1
+
+    def reset(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.collections = [0, 0, 0]
+
+
 def _cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
@@ -182,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     base = targets(ports, args.count, args.timeout)
     trust = certs.load_trust_store(args.ca_file)
     latest: list[ProbeResult] = []
+    gc_clock = GcClock()
     for line in sys.stdin:
         words = line.split()
         if not words or words[0] == "quit":
@@ -193,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(words) == 4:
             cycle_targets, holes = blackholed(cycle_targets, int(words[2]), float(words[3]))
         profiler = cProfile.Profile() if args.profile else None
+        gc_clock.reset()
         cpu0, wall0 = _cpu(), time.monotonic()
         if profiler:
             profiler.enable()
@@ -209,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_seconds": cpu,
             "wall_seconds": wall,
             "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "gc_seconds": gc_clock.seconds,
+            "gc_collections": gc_clock.collections,
             **summarise(results, finished, holes),
         }
         print(json.dumps(answer), flush=True)

@@ -12,7 +12,11 @@
  * (getrusage, taken around the handshake loop only).
  *
  *   handshake_limit --address 127.0.0.1 --ports 20001,20002 \
- *       --names 'h%05d.bench.test' --count 2000 [--inflight 50] [--timeout 5]
+ *       --names 'h%05d.bench.test' --count 2000 [--inflight 50] [--timeout 5] [--rate R]
+ *
+ * With --rate R (handshakes per second) handshake j starts no earlier than j/R
+ * seconds after the start: the work spread evenly in time, as a scheduler
+ * probing N endpoints per interval spreads it, instead of one burst.
  *
  * Endpoint i uses name sprintf(names, i) and port ports[i % nports].
  */
@@ -50,7 +54,8 @@ static struct {
     int count;
     int inflight;
     double timeout;
-} opt = {"127.0.0.1", {0}, 0, "h%05d.bench.test", 0, 50, 5.0};
+    double rate; /* 0: as fast as possible */
+} opt = {"127.0.0.1", {0}, 0, "h%05d.bench.test", 0, 50, 5.0, 0.0};
 
 static SSL_CTX *ctx;
 static int epfd;
@@ -71,7 +76,7 @@ static double rusage_seconds(struct rusage *ru, int sys) {
 static void usage(void) {
     fprintf(stderr,
             "usage: handshake_limit --ports P1[,P2...] --count N [--address IP] "
-            "[--names FMT] [--inflight K] [--timeout S]\n");
+            "[--names FMT] [--inflight K] [--timeout S] [--rate R]\n");
     exit(2);
 }
 
@@ -96,6 +101,8 @@ static void parse_args(int argc, char **argv) {
             opt.inflight = atoi(v);
         } else if (!strcmp(k, "--timeout")) {
             opt.timeout = atof(v);
+        } else if (!strcmp(k, "--rate")) {
+            opt.rate = atof(v);
         } else {
             usage();
         }
@@ -202,11 +209,23 @@ int main(int argc, char **argv) {
     struct rusage ru0, ru1;
     getrusage(RUSAGE_SELF, &ru0);
     double t0 = now_mono(), next_sweep = t0 + 0.1;
-    for (int i = 0; i < k; i++) start(&slots[i], next_job++);
-
     struct epoll_event events[MAX_INFLIGHT];
     while (done < jobs_total) {
-        int n = epoll_wait(epfd, events, k, 100);
+        /* Start what is due in the free slots; with --rate, wake up for the next release. */
+        int wait_ms = 100;
+        for (int i = 0; i < k && next_job < jobs_total; i++) {
+            if (slots[i].job >= 0) continue;
+            if (opt.rate > 0) {
+                double due = t0 + next_job / opt.rate - now_mono();
+                if (due > 0) {
+                    int ms = (int)(due * 1000) + 1;
+                    wait_ms = ms < wait_ms ? ms : wait_ms;
+                    break;
+                }
+            }
+            start(&slots[i], next_job++);
+        }
+        int n = epoll_wait(epfd, events, k, wait_ms);
         if (n < 0 && errno != EINTR) {
             perror("epoll_wait");
             return 1;
@@ -221,8 +240,6 @@ int main(int argc, char **argv) {
                     finish(&slots[i], 0);
                 }
         }
-        for (int i = 0; i < k && next_job < jobs_total; i++)
-            if (slots[i].job < 0) start(&slots[i], next_job++);
     }
     double wall = now_mono() - t0;
     getrusage(RUSAGE_SELF, &ru1);

@@ -247,6 +247,7 @@ class Service:
         self._awaiting_first: set[str] = set()
         self._last_start: dict[str, float] = {}
         self._running: set[str] = set()
+        self._states: dict[str, tuple[object, ...]] = {}  # last logged findings per target
         self._tasks: set[asyncio.Task[object]] = set()
         self._semaphore = asyncio.Semaphore(options.concurrency)
         self._scheduler = AsyncIOScheduler(
@@ -312,6 +313,7 @@ class Service:
         self._targets = new
         for name in removed:
             self._unschedule(name)
+            self._states.pop(name, None)
             self.publisher.remove(name)
         for name in changed:
             # Its series may carry old labels: drop them until the new probe lands.
@@ -399,18 +401,7 @@ class Service:
                 return  # removed or changed while probing: its result is obsolete
             self.own.record(result)
             self.publisher.put(result)
-            log.debug(
-                "probed",
-                extra={
-                    "fields": {
-                        "target": name,
-                        "sni_required": result.verdict.sni_required,
-                        "mismatch": result.verdict.certificate_mismatch,
-                        "sni": result.sni.handshake.reason or "ok",
-                        "no_sni": result.no_sni.handshake.reason or "ok",
-                    }
-                },
-            )
+            self._log_verdict(name, result)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -418,6 +409,32 @@ class Service:
         finally:
             self._running.discard(name)
             self._first_done(name)
+
+    def _log_verdict(self, name: str, result: ProbeResult) -> None:
+        """Log a target's findings when they change: at info, so operators see transitions.
+
+        The first verdict of each target is debug only: a fleet of 10,000 would
+        otherwise log 10,000 lines at start.
+        """
+        v, sni, no_sni = result.verdict, result.sni.handshake, result.no_sni.handshake
+        state = (v.sni_required, v.certificate_mismatch, sni.reason, no_sni.reason)
+        previous = self._states.get(name)
+        if state == previous:
+            return
+        self._states[name] = state
+        fields = {
+            "target": name,
+            "address": result.address,
+            "sni_required": int(v.sni_required),
+            "mismatch": int(v.certificate_mismatch),
+            "sni": sni.reason or "ok",
+            "no_sni": no_sni.reason or "ok",
+            "why": v.explanation,
+        }
+        level = logging.DEBUG if previous is None else logging.INFO
+        log.log(
+            level, "verdict" if previous is None else "verdict changed", extra={"fields": fields}
+        )
 
     def _first_done(self, name: str) -> None:
         if name in self._awaiting_first:

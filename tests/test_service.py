@@ -196,6 +196,25 @@ class TestReload:
                 ),
             )
 
+    def test_verdict_change_is_logged(self, fleet: Fleet, tmp_path: Path) -> None:
+        """Moving a target to an address where it fails logs one info line with the change."""
+        s = next(x for x in fleet.scenarios if x.name == "nginx-single")
+        config = write_config(tmp_path / "targets.yaml", fleet, [s])
+        with running(config) as proc:
+            assert "verdict changed" not in proc.log()
+            doc = yaml.safe_load(config.read_text())
+            doc["targets"][0]["address"] = "127.0.0.2"  # the fleet listens on 127.0.0.1 only
+            config.write_text(yaml.safe_dump(doc))
+            assert proc.reload()[0] == 200
+            line = wait_for(
+                "the change in the log",
+                lambda: next((x for x in proc.log().splitlines() if "verdict changed" in x), None),
+            )
+            assert "level=info" in line
+            assert f"target={s.target.name}" in line
+            assert "sni=refused" in line
+            assert "address=127.0.0.2" in line
+
 
 class TestLifecycle:
     def test_sigterm_is_graceful(self, fleet: Fleet, tmp_path: Path) -> None:

@@ -247,6 +247,7 @@ class Service:
         self._awaiting_first: set[str] = set()
         self._last_start: dict[str, float] = {}
         self._running: set[str] = set()
+        self._ran_early: set[str] = set()  # probed at once on add; see _skip_after_immediate
         self._states: dict[str, tuple[object, ...]] = {}  # last logged findings per target
         self._tasks: set[asyncio.Task[object]] = set()
         self._semaphore = asyncio.Semaphore(options.concurrency)
@@ -352,6 +353,7 @@ class Service:
         if run_now:
             # First probe right away, outside the grid: a job's own first run would
             # re-anchor its interval on now and undo the phase spreading.
+            self._ran_early.add(target.name)
             self._spawn(self._run(target.name, scheduled=None))
 
     def _unschedule(self, name: str) -> None:
@@ -360,6 +362,7 @@ class Service:
             job.remove()
         self._awaiting_first.discard(name)
         self._last_start.pop(name, None)
+        self._ran_early.discard(name)
 
     def _spawn(self, coro: Coroutine[object, object, object]) -> None:
         task = asyncio.ensure_future(coro)
@@ -370,13 +373,22 @@ class Service:
         target = self._targets.get(name)
         if target is None:
             return
-        scheduled = scheduled_start(name, target.interval, self._clock())
-        # The immediate first probe may have run just before the first grid point;
-        # never probe a target twice within half its interval.
-        last = self._last_start.get(name)
-        if last is not None and self._clock() - last < target.interval / 2:
+        now = self._clock()
+        if self._skip_after_immediate(name, target.interval, now):
             return
-        await self._run(name, scheduled=scheduled)
+        await self._run(name, scheduled=scheduled_start(name, target.interval, now))
+
+    def _skip_after_immediate(self, name: str, interval: float, now: float) -> bool:
+        """Skip the first grid run when the immediate probe of a new target just ran.
+
+        Only that run: a run that merely started late must not make the next
+        one skip, or a saturated fleet would halve its own probe rate.
+        """
+        if name not in self._ran_early:
+            return False
+        self._ran_early.discard(name)
+        last = self._last_start.get(name)
+        return last is not None and now - last < interval / 2
 
     async def _run(self, name: str, *, scheduled: float | None) -> None:
         """One probe of one target.  Survives anything a target can do."""

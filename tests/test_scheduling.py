@@ -1,0 +1,70 @@
+"""Scheduling decisions of the service, without a loop or sockets."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from exporter.service import Options, Service, phase_seconds, scheduled_start
+from exporter.shard import WHOLE_FLEET
+
+
+class TestPhase:
+    def test_stable_and_in_range(self) -> None:
+        """A target's phase is the same every time and lies within its interval."""
+        assert phase_seconds("a.test:443", 60) == phase_seconds("a.test:443", 60)
+        assert 0 <= phase_seconds("a.test:443", 60) < 60
+
+    def test_fleet_spreads_evenly(self) -> None:
+        """10,000 targets fill the 60 one-second slots of a minute evenly (within 25%)."""
+        slots = collections.Counter(
+            int(phase_seconds(f"h{i:05d}.test:443", 60.0)) for i in range(10_000)
+        )
+        assert len(slots) == 60
+        mean = 10_000 / 60
+        assert all(abs(n - mean) < 0.25 * mean for n in slots.values()), slots
+
+    @given(
+        name=st.text(min_size=1, max_size=40),
+        interval=st.floats(min_value=1, max_value=7 * 86400),
+        now=st.floats(min_value=1e9, max_value=4e9),
+    )
+    def test_scheduled_start_is_the_last_grid_point(
+        self, name: str, interval: float, now: float
+    ) -> None:
+        """The scheduled start is on the grid, at or before now, less than an interval ago."""
+        start = scheduled_start(name, interval, now)
+        assert now - interval < start <= now + 1e-6
+        steps = (start - phase_seconds(name, interval)) / interval
+        assert steps == pytest.approx(round(steps), abs=1e-6)
+
+
+class TestSkipAfterImmediate:
+    @pytest.fixture
+    def service(self) -> Service:
+        return Service(Options("t.yaml", ":0", "/metrics", 8, WHOLE_FLEET))
+
+    def test_first_grid_run_right_after_the_immediate_probe_is_skipped(
+        self, service: Service
+    ) -> None:
+        """A new target probed at once does not run again at a grid point seconds later."""
+        service._ran_early.add("a:443")
+        service._last_start["a:443"] = 1000.0
+        assert service._skip_after_immediate("a:443", 60.0, 1010.0)
+
+    def test_only_that_run_is_skipped(self, service: Service) -> None:
+        """A later run soon after a late one still runs: lateness never halves the rate."""
+        service._ran_early.add("a:443")
+        service._last_start["a:443"] = 1000.0
+        service._skip_after_immediate("a:443", 60.0, 1010.0)
+        service._last_start["a:443"] = 1045.0  # a run that started 35 s late
+        assert not service._skip_after_immediate("a:443", 60.0, 1070.0)
+
+    def test_grid_run_far_from_the_immediate_probe_runs(self, service: Service) -> None:
+        """When the first grid point is more than half an interval away, it runs."""
+        service._ran_early.add("a:443")
+        service._last_start["a:443"] = 1000.0
+        assert not service._skip_after_immediate("a:443", 60.0, 1040.0)

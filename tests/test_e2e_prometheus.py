@@ -7,6 +7,9 @@ The stack, started once for this module:
   replicas would run; Prometheus sees every per-target series twice, with
   different ``instance`` and ``pod`` labels, which is what the dashboards'
   and alerts' aggregation must absorb;
+* a third, spare exporter in the same job with no targets (so it adds no
+  per-target series), which the last alert test stops to see SNIExporterDown
+  fire;
 * ``/usr/bin/prometheus`` on a free loopback port with a temporary TSDB,
   scraping both every second and evaluating the shipped rules every second.
 
@@ -19,7 +22,9 @@ Every query of every dashboard panel is run through /api/v1/query with the
 dashboard variables filled in as Grafana would, and must parse and return
 data.  Through /api/v1/alerts, SNIRequired and HandshakeFailing (and the
 certificate alerts) must fire for exactly the targets the fleet's scenarios
-say, once each despite the two replicas.  Waits poll with deadlines.
+say, once each despite the two replicas; SNIExporterDown stays quiet while
+every exporter is scraped and fires once, for the job, when one stops.
+Waits poll with deadlines.
 """
 
 from __future__ import annotations
@@ -108,13 +113,17 @@ class Prometheus:
     def metric_names(self) -> set[str]:
         return set(self._call("/api/v1/label/__name__/values"))
 
-    def alerts(self, name: str) -> list[dict[str, str]]:
-        """Label sets of the firing alerts named ``name``."""
+    def firing(self, name: str) -> list[dict[str, Any]]:
+        """The firing alerts named ``name`` (labels, annotations, value, ...)."""
         return [
-            a["labels"]
+            a
             for a in self._call("/api/v1/alerts")["alerts"]
             if a["labels"].get("alertname") == name and a["state"] == "firing"
         ]
+
+    def alerts(self, name: str) -> list[dict[str, str]]:
+        """Label sets of the firing alerts named ``name``."""
+        return [a["labels"] for a in self.firing(name)]
 
     def ready(self) -> bool:
         if self.proc.poll() is not None:
@@ -132,6 +141,7 @@ class Prometheus:
 class Stack:
     prometheus: Prometheus
     exporters: list[Exporter]
+    spare: Exporter  # in the job too, without targets; stopped by the exporter-down test
     scenarios: tuple[Scenario, ...]
     detail_target: str  # the endpoint the one-endpoint dashboard is shown for
 
@@ -172,7 +182,7 @@ def write_rules_without_for(path: Path) -> int:
 
 
 def write_prometheus_config(path: Path, rules: Path, exporters: list[Exporter]) -> None:
-    # One static group per replica, each with its own `pod` label, as the
+    # One static group per exporter, each with its own `pod` label, as the
     # Prometheus operator would add: the rules must aggregate it away too.
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
@@ -239,14 +249,19 @@ def stack(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
     write_targets(targets, fleet)
     rules = workdir / "rules.yaml"
     assert write_rules_without_for(rules) >= 8
+    no_targets = workdir / "no-targets.yaml"
+    no_targets.write_text("targets: []\n", encoding="utf-8")
     with contextlib.ExitStack() as stack_:
         exporters = [stack_.enter_context(Exporter(targets)) for _ in range(REPLICAS)]
-        for exporter in exporters:
+        spare = stack_.enter_context(Exporter(no_targets))
+        for exporter in [*exporters, spare]:
             exporter.wait_ready()
         config = workdir / "prometheus.yml"
-        write_prometheus_config(config, rules, exporters)
+        write_prometheus_config(config, rules, [*exporters, spare])
         prometheus = stack_.enter_context(run_prometheus(workdir, config))
-        yield Stack(prometheus, exporters, fleet.scenarios, pick_detail_target(fleet.scenarios))
+        yield Stack(
+            prometheus, exporters, spare, fleet.scenarios, pick_detail_target(fleet.scenarios)
+        )
 
 
 # --- Grafana variable substitution -----------------------------------------------------
@@ -436,6 +451,25 @@ def expected_handshake_failures(scenarios: tuple[Scenario, ...]) -> set[tuple[st
     return out
 
 
+def expected_untrusted_chains(scenarios: tuple[Scenario, ...]) -> set[tuple[str, str]]:
+    """(target, sni) CertificateChainUntrusted must fire for: a captured chain that OpenSSL
+    rejects and that is not merely expired (CertificateExpired's); without SNI only where the
+    endpoint does not need SNI and the SNI chain is not already untrusted."""
+    out: set[tuple[str, str]] = set()
+    for s in scenarios:
+        if s.sni.ok and s.sni.chain_valid is False and not s.sni.expired:
+            out.add((target_name(s), "true"))
+        if (
+            s.no_sni.ok
+            and s.no_sni.chain_valid is False
+            and not s.no_sni.expired
+            and not s.sni_required
+            and s.sni.chain_valid is not False
+        ):
+            out.add((target_name(s), "false"))
+    return out
+
+
 def wait_for_alerts(
     stack: Stack, name: str, expected: AbstractSet[tuple[str, ...]], *keys: str
 ) -> None:
@@ -494,6 +528,18 @@ class TestAlerts:
         }
         wait_for_alerts(stack, "CertificateMismatch", mismatch, "target")
 
+    def test_chain_untrusted_fires_for_the_untrusted_endpoint_only(self, stack: Stack) -> None:
+        """CertificateChainUntrusted fires once for the self-signed endpoint; not for the
+        internal-PKI one (its CA is given with ca_file; only the strict web-PKI verdict fails),
+        nor for the expired one (CertificateExpired's), despite two replicas."""
+        expected = expected_untrusted_chains(stack.scenarios)
+        by_name = {s.name: target_name(s) for s in stack.scenarios}
+        assert (by_name["untrusted"], "true") in expected
+        assert {target for target, _ in expected}.isdisjoint(
+            {by_name["internal-pki"], by_name["expired"]}
+        )
+        wait_for_alerts(stack, "CertificateChainUntrusted", expected, "target", "sni")
+
     def test_quiet_alerts_stay_quiet(self, stack: Stack) -> None:
         """On a healthy exporter with fresh certificates, these alerts do not fire.
 
@@ -507,3 +553,35 @@ class TestAlerts:
         )
         for name in ("CertificateExpiringSoon", "ProbesStale", "ConfigReloadFailed"):
             assert stack.prometheus.alerts(name) == [], name
+
+    def test_exporter_down_fires_once_for_the_job_when_an_exporter_stops(
+        self, stack: Stack
+    ) -> None:
+        """SNIExporterDown is quiet while every exporter is scraped; when one stops it fires
+        once for the job, counting one process down, without instance or pod."""
+        exporters = 1 + len(stack.exporters)
+        wait_for(
+            "every exporter scraped",
+            lambda: len(stack.prometheus.query(f'up{{job="{JOB}"}} == 1')) == exporters,
+            timeout=30,
+        )
+        wait_for(
+            "rules to have been evaluated",
+            lambda: stack.prometheus.alerts("SNIRequired"),
+            timeout=ALERT_DEADLINE,
+        )
+        assert stack.prometheus.alerts("SNIExporterDown") == []
+        stack.spare.stop()
+        alerts: list[dict[str, Any]] = []
+
+        def fired() -> bool:
+            nonlocal alerts
+            alerts = stack.prometheus.firing("SNIExporterDown")
+            return len(alerts) == 1 and float(alerts[0]["value"]) == 1
+
+        with contextlib.suppress(AssertionError):
+            wait_for("SNIExporterDown to fire", fired, timeout=ALERT_DEADLINE, every=0.5)
+        assert [(a["labels"], float(a["value"])) for a in alerts] == [
+            ({"alertname": "SNIExporterDown", "job": JOB, "severity": "warning"}, 1.0)
+        ]
+        assert f'up{{job="{JOB}"}} == 0' in alerts[0]["annotations"]["description"]

@@ -30,7 +30,12 @@ CHART: Final = ROOT / "helm" / "sni-exporter"
 HELM_PYTHON: Final = ROOT / ".venv-helm" / "bin" / "python"
 RULES: Final = ROOT / "dashboards" / "sni-exporter.rules.yaml"
 FULLNAME: Final = "demo-sni-exporter"  # release "demo" in tests/helm_lint.py
+NAMESPACE: Final = "monitoring"  # the release namespace in tests/helm_lint.py
 PORT: Final = 9866
+#: SNIExporterDown's selector in the rule file, which the chart sets to its release's job.
+RULE_FILE_UP: Final = 'up{job=~".*sni-exporter.*"}'
+#: A user's job regex with a backslash, to pin its escaping into a PromQL string.
+JOB_SELECTOR: Final = r"(prod|staging)/tls-probe\.v2"
 
 Manifest = dict[str, Any]
 Case = dict[str, Any]
@@ -101,6 +106,8 @@ EXTRA_CASES: Final[list[dict[str, Any]]] = [
             "config": {"targets": [{"host": "b.test"}]},
         },
     },
+    {"name": "job-selector", "values": {"prometheusRule": {"jobSelector": JOB_SELECTOR}}},
+    {"name": "own-scrape-config", "values": {"serviceMonitor": {"enabled": False}}},
     {"name": "all-alerts-off", "values": _disable_all()},
     *[{"name": f"off:{key}", "values": _disable(key)} for key in _settings_keys()],
 ]
@@ -472,6 +479,13 @@ class TestMonitoring:
         assert f"port-forward svc/{FULLNAME} {PORT}" in notes
 
 
+def _rule_file_expr(name: str) -> str:
+    (expr,) = [
+        r["expr"] for g in _rule_file()["groups"] for r in g["rules"] if r.get("alert") == name
+    ]
+    return str(expr)
+
+
 def _alerts(case: Case) -> list[dict[str, Any]]:
     rule = _one(case, "PrometheusRule")
     return [r for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r]
@@ -487,11 +501,86 @@ def _promtool_check(groups: list[dict[str, Any]], tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def _with_up_selector(groups: list[dict[str, Any]], selector: str) -> list[dict[str, Any]]:
+    """``groups`` with the rule file's `up{...}` selector replaced by ``selector``."""
+    out = copy.deepcopy(groups)
+    for group in out:
+        for rule in group["rules"]:
+            rule["expr"] = rule["expr"].replace(RULE_FILE_UP, selector)
+    return out
+
+
+def _promtool_test(groups: list[dict[str, Any]], tests: dict[str, Any], tmp_path: Path) -> None:
+    """Run ``tests`` (one promtool unit-test group) against the rendered ``groups``."""
+    promtool = shutil.which("promtool") or "/usr/bin/promtool"
+    (tmp_path / "rendered.rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    suite = {"rule_files": ["rendered.rules.yaml"], "evaluation_interval": "1m", "tests": [tests]}
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(suite))
+    done = subprocess.run(
+        [promtool, "test", "rules", "test.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 class TestRules:
     def test_default_rules_equal_the_rule_file(self, rendered: dict[str, Case]) -> None:
-        """With default values the PrometheusRule holds exactly the repository's rule file."""
+        """With default values the PrometheusRule holds the repository's rule file, only
+        SNIExporterDown's job set to the release's."""
         rule = _one(_ok(rendered, "defaults"), "PrometheusRule")
-        assert rule["spec"]["groups"] == _rule_file()["groups"]
+        assert RULE_FILE_UP in RULES.read_text()
+        expected = _with_up_selector(_rule_file()["groups"], f'up{{job=~"{FULLNAME}"}}')
+        assert rule["spec"]["groups"] == expected
+
+    @pytest.mark.parametrize(
+        ("name", "selector"),
+        [
+            # the operator names a ServiceMonitor's job after the Service: the full name
+            ("defaults", f'up{{job=~"{FULLNAME}"}}'),
+            # and a PodMonitor's NAMESPACE/NAME
+            ("ci/podmonitor-networkpolicy-values.yaml", f'up{{job=~"{NAMESPACE}/{FULLNAME}"}}'),
+            # prometheusRule.jobSelector wins, escaped as a PromQL string
+            ("job-selector", 'up{job=~"(prod|staging)/tls-probe\\\\.v2"}'),
+            # no monitor of the chart's: the rule file's own selector stays
+            ("own-scrape-config", RULE_FILE_UP),
+        ],
+    )
+    def test_exporter_down_watches_the_releases_job(
+        self, rendered: dict[str, Case], name: str, selector: str
+    ) -> None:
+        """SNIExporterDown's `up` selector is the job the chart's monitor gives its pods."""
+        (alert,) = [a for a in _alerts(_ok(rendered, name)) if a["alert"] == "SNIExporterDown"]
+        assert alert["expr"] == _rule_file_expr("SNIExporterDown").replace(RULE_FILE_UP, selector)
+
+    def test_job_selector_is_matched_as_written(
+        self, rendered: dict[str, Case], tmp_path: Path
+    ) -> None:
+        """A jobSelector regex reaches Prometheus intact: its escaped dot matches only a dot."""
+        groups = _one(_ok(rendered, "job-selector"), "PrometheusRule")["spec"]["groups"]
+        down = {"alertname": "SNIExporterDown", "severity": "warning"}
+        tests = {
+            "interval": "1m",
+            "input_series": [
+                {"series": 'up{job="staging/tls-probe.v2", instance="a"}', "values": "0x10"},
+                {"series": 'up{job="staging/tls-probe-v2", instance="b"}', "values": "0x10"},
+                {"series": 'up{job="demo-sni-exporter", instance="c"}', "values": "0x10"},
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "10m",
+                    "alertname": "SNIExporterDown",
+                    "exp_alerts": [{"exp_labels": {**down, "job": "staging/tls-probe.v2"}}],
+                }
+            ],
+        }
+        # promtool compares annotations too: drop them, the labels are under test here.
+        for group in groups:
+            for rule in group["rules"]:
+                rule.pop("annotations", None)
+        _promtool_test(groups, tests, tmp_path)
 
     @pytest.mark.parametrize("settings_key", _settings_keys())
     def test_each_alert_can_be_switched_off(

@@ -35,8 +35,10 @@ REQUIRED_ALERTS: Final = frozenset(
         "CertificateExpiringSoon",
         "CertificateExpired",
         "CertificateHostnameMismatch",
+        "CertificateChainUntrusted",
         "ProbesStale",
         "ConfigReloadFailed",
+        "SNIExporterDown",
     }
 )
 SEVERITIES: Final = frozenset({"info", "warning", "critical"})
@@ -114,7 +116,7 @@ class TestPromtool:
 
 class TestAlertDefinitions:
     def test_required_alerts_exist_in_one_group(self) -> None:
-        """All eight alerts are defined, in the group named sni-exporter."""
+        """All the required alerts are defined, in the group named sni-exporter."""
         document = yaml.safe_load(RULES.read_text(encoding="utf-8"))
         assert [g["name"] for g in document["groups"]] == ["sni-exporter"]
         assert {r["alert"] for r in alerting_rules()} == REQUIRED_ALERTS
@@ -142,6 +144,39 @@ class TestAlertDefinitions:
         description = " ".join(rule["annotations"]["description"].split())
         missing = [phrase for phrase in SNI_REMEDIES if phrase not in description]
         assert missing == []
+
+    def test_chain_alert_uses_the_openssl_verdict_only(self) -> None:
+        """CertificateChainUntrusted reads chain_valid (what OpenSSL/Java clients accept), never
+        the strict web-PKI verdict, which internal PKIs fail by design; its description says
+        how to fix the chain and how to trust an internal CA."""
+        (rule,) = [r for r in alerting_rules() if r["alert"] == "CertificateChainUntrusted"]
+        metrics = {s.metric for s in analyse(rule["expr"]).selectors}
+        assert "sni_certificate_chain_valid" in metrics
+        assert "sni_certificate_chain_strict_valid" not in metrics
+        description = " ".join(rule["annotations"]["description"].split())
+        assert all(p in description for p in ("full chain", "intermediate", "`ca_file`"))
+
+    @pytest.mark.parametrize(
+        ("job", "matches"),
+        [
+            ("sni-exporter", True),  # a plain scrape config's job_name
+            ("sni-sni-exporter", True),  # the chart's ServiceMonitor: RELEASE-sni-exporter
+            ("sni-exporter-prod", True),  # ... or RELEASE when it contains the chart name
+            ("monitoring/sni-sni-exporter", True),  # the chart's PodMonitor: NAMESPACE/NAME
+            ("node-exporter", False),
+            ("blackbox", False),
+        ],
+    )
+    def test_exporter_down_job_selector(self, job: str, matches: bool) -> None:
+        """SNIExporterDown's job regex (anchored, as PromQL's) matches the jobs the chart and
+        a plain scrape config give the exporter, and no other exporter's."""
+        (rule,) = [r for r in alerting_rules() if r["alert"] == "SNIExporterDown"]
+        (selector,) = analyse(rule["expr"]).selectors
+        assert selector.metric == "up"
+        matcher = selector.matcher("job")
+        assert matcher is not None
+        assert matcher[0] == "=~"
+        assert (re.fullmatch(matcher[1], job) is not None) == matches
 
     def test_expiry_thresholds(self) -> None:
         """CertificateExpiringSoon warns at 14 days and is critical at 3 days."""

@@ -849,6 +849,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     args.state = BUILD / f"state-{stamp}"
     report = Report()
+    commit = git_commit()  # at the start: others may commit while it runs
     started = time.monotonic()
     load_before = os.getloadavg()
     print(
@@ -874,7 +875,7 @@ def main(argv: list[str] | None = None) -> int:
     section(f"{len(report.figures)} figures, {len(misses)} MISS, {elapsed:.0f}s")
     out = {
         "timestamp": stamp,
-        "commit": git_commit(),
+        "commit": commit,
         "machine": {
             "cores": os.cpu_count(),
             "load_before": load_before,

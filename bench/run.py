@@ -27,6 +27,7 @@ import math
 import os
 import platform
 import selectors
+import shutil
 import statistics
 import subprocess
 import sys
@@ -770,6 +771,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vhosts", type=int, default=16, help="nginx server blocks sharing the names")
     p.add_argument("--only", default="all", help="comma list: side,service,blackhole")
     p.add_argument("--results", type=Path, default=HERE / "results")
+    p.add_argument(
+        "--keep-state",
+        action="store_true",
+        help="keep bench/build/state-<timestamp> (configs, certificates, logs) after a run",
+    )
     args = p.parse_args(argv)
     if args.count is None:
         args.count = 10_000 if args.full else 1000
@@ -895,6 +901,9 @@ def main(argv: list[str] | None = None) -> int:
     path = args.results / f"{stamp}.json"
     path.write_text(json.dumps(out, indent=1, default=_default) + "\n")
     print(f"results: {path}")
+    if not args.keep_state:
+        # Configs for 10k targets, certificates, logs: kept only when asked (or on a crash).
+        shutil.rmtree(args.state, ignore_errors=True)
     return 0
 
 

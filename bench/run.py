@@ -759,7 +759,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--interval",
         type=float,
         default=None,
-        help="service interval (default: the full scenario's rate, 10k per 60 s)",
+        help="service interval (default: the full scenario's rate, 10k per 60 s; > timeout)",
     )
     p.add_argument("--cycles", type=int, default=3, help="service intervals measured")
     p.add_argument("--timeout", type=float, default=5.0)
@@ -780,7 +780,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.count is None:
         args.count = 10_000 if args.full else 1000
     if args.interval is None:
-        args.interval = 60.0 if args.full else max(5.0, round(args.count / FULL_RATE, 1))
+        # The config wants the timeout below the interval.
+        quick = max(args.timeout + 1.0, round(args.count / FULL_RATE, 1))
+        args.interval = 60.0 if args.full else quick
     args.only = (
         set(args.only.split(",")) if args.only != "all" else {"side", "service", "blackhole"}
     )
@@ -901,6 +903,9 @@ def main(argv: list[str] | None = None) -> int:
     path = args.results / f"{stamp}.json"
     path.write_text(json.dumps(out, indent=1, default=_default) + "\n")
     print(f"results: {path}")
+    if report.notes:  # something could not be measured: keep its logs, fail the run
+        print(f"state kept for the logs: {args.state}")
+        return 1
     if not args.keep_state:
         # Configs for 10k targets, certificates, logs: kept only when asked (or on a crash).
         shutil.rmtree(args.state, ignore_errors=True)

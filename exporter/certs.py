@@ -89,6 +89,30 @@ class TrustStoreError(CertificateError, UsageError):
 # --- Facts ------------------------------------------------------------------
 
 
+#: DER blobs kept by ``intern_der``; the table starts afresh when full.
+INTERN_TABLE_SIZE: Final = 16384
+_INTERNED: dict[bytes, bytes] = {}
+
+
+def intern_der(der: bytes) -> bytes:
+    """The one shared bytes object for this certificate's DER.
+
+    The service keeps every target's latest chains; without this, a fleet
+    behind one intermediate, or an endpoint serving the same leaf with and
+    without SNI, stores one copy per handshake (21 MB of 40,000 identical
+    blobs at 10,000 targets, measured by bench/).  A full table starts afresh
+    rather than evicting one by one: rotation is slow, and a miss only costs
+    a copy.  Dict operations are atomic under the GIL, so threads may share it.
+    """
+    canonical = _INTERNED.get(der)
+    if canonical is not None:
+        return canonical
+    if len(_INTERNED) >= INTERN_TABLE_SIZE:
+        _INTERNED.clear()
+    _INTERNED[der] = der
+    return der
+
+
 def parse_certificate(der: bytes) -> CertFacts:
     """The facts of one DER certificate.  Cached per DER.
 
@@ -660,6 +684,7 @@ _CHAIN_CACHE: Final = _ChainCache(CHAIN_CACHE_SIZE, CHAIN_CACHE_TTL)
 def clear_caches() -> None:
     """Forget every cached parse, verdict and trust store (for tests)."""
     _CHAIN_CACHE.clear()
+    _INTERNED.clear()
     with _CA_FILES_LOCK:
         _CA_FILES.clear()
     for cached in (

@@ -49,6 +49,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("sni_exporter")
 
 RENDER_DEBOUNCE_SECONDS: Final = 0.5
+# Between renders the publisher also waits this many times the last render's
+# duration (at most RENDER_MAX_DEBOUNCE_SECONDS), so that publication takes at
+# most about a tenth of a core however large the fleet.
+RENDER_BACKOFF_FACTOR: Final = 10.0
+RENDER_MAX_DEBOUNCE_SECONDS: Final = 5.0
 _UTC = dt.UTC
 
 # Own counters render without the _created series: one timestamp per label set
@@ -78,6 +83,12 @@ def scheduled_start(name: str, interval: float, now: float) -> float:
     """The grid point of this target's schedule at or before ``now``."""
     phase = phase_seconds(name, interval)
     return phase + ((now - phase) // interval) * interval
+
+
+def debounce_seconds(render_seconds: float) -> float:
+    """How long the publisher waits after a render that took ``render_seconds``."""
+    backoff = min(RENDER_MAX_DEBOUNCE_SECONDS, RENDER_BACKOFF_FACTOR * render_seconds)
+    return max(RENDER_DEBOUNCE_SECONDS, backoff)
 
 
 class OwnMetrics:
@@ -213,12 +224,14 @@ class Publisher:
         while not self._stop.is_set():
             self._changed.wait()
             self._changed.clear()
+            started = time.perf_counter()
             try:
                 self.flush()
             except Exception:
                 log.exception("rendering metrics failed; serving the previous exposition")
+            took = time.perf_counter() - started
             # Debounce: while results stream in, render at most this often.
-            self._stop.wait(RENDER_DEBOUNCE_SECONDS)
+            self._stop.wait(debounce_seconds(took))
 
     def body(self, gzipped: bool) -> bytes:
         """The whole /metrics body: cached target series, then the exporter's own.

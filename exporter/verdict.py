@@ -22,6 +22,8 @@ errors say why.
 
 from __future__ import annotations
 
+import functools
+
 from exporter.model import HandshakeReport, Verdict
 from exporter.reasons import Reason
 
@@ -36,6 +38,35 @@ REMEDY_SERVER = (
 )
 
 
+# Explanations do not name the host (the target label and the table row do), so
+# each is one of a bounded set of strings, built once: the service keeps one
+# verdict per target, and 10,000 distinct strings cost 4 MB (measured by bench/).
+_SNI_FAILS = "the handshake with SNI fails ({}), so SNI is not the cause: fix the endpoint first"
+_NO_SNI_FAILS = (
+    "needs SNI: without it the handshake fails ({}); " + REMEDY_CLIENT + ", " + REMEDY_SERVER
+)
+NEEDS_SNI_WRONG_CERT = (
+    "needs SNI: without it the server presents a certificate that does not cover the name; "
+    + REMEDY_CLIENT
+    + ", "
+    + REMEDY_SERVER
+)
+SNI_CERT_WRONG = (
+    "the certificate served with SNI does not cover the name either, "
+    "so SNI is not the cause: fix the certificate"
+)
+DIFFERENT_BUT_COVERS = (
+    "does not need SNI, but serves a different certificate without it "
+    "(both cover the name); watch both for expiry"
+)
+ALL_GOOD = "does not need SNI: the same certificate is served with and without it"
+
+
+@functools.cache
+def _explain(template: str, reason: Reason | None) -> str:
+    return template.format((reason or Reason.OTHER).value)
+
+
 def _matches(report: HandshakeReport) -> bool:
     return report.certificate is not None and report.certificate.hostname_match
 
@@ -44,49 +75,23 @@ def _fingerprint(report: HandshakeReport) -> str | None:
     return report.certificate.facts.fingerprint_sha256 if report.certificate else None
 
 
-def decide(host: str, sni: HandshakeReport, no_sni: HandshakeReport) -> Verdict:
-    """Judge one (target, address) pair from its two handshakes."""
+def decide(host: str, sni: HandshakeReport, no_sni: HandshakeReport) -> Verdict:  # noqa: ARG001
+    """Judge one (target, address) pair from its two handshakes.
+
+    ``host`` is the name the certificates were matched against; the reports
+    already carry that judgement (``hostname_match``), so the decision needs
+    only them.  It stays in the signature: it is what the verdict is about.
+    """
     s, n = sni.handshake, no_sni.handshake
     if not s.ok:
-        why = s.reason.value if s.reason else Reason.OTHER.value
-        return Verdict(
-            sni_required=False,
-            certificate_mismatch=False,
-            explanation=f"the handshake with SNI fails ({why}), so SNI is not the cause: "
-            "fix the endpoint first",
-        )
+        return Verdict(False, False, _explain(_SNI_FAILS, s.reason))
     if not n.ok:
-        why = n.reason.value if n.reason else Reason.OTHER.value
-        return Verdict(
-            sni_required=True,
-            certificate_mismatch=False,
-            explanation=f"needs SNI: without it the handshake fails ({why}); "
-            f"{REMEDY_CLIENT}, {REMEDY_SERVER}",
-        )
+        return Verdict(True, False, _explain(_NO_SNI_FAILS, n.reason))
     mismatch = _fingerprint(sni) != _fingerprint(no_sni)
     if _matches(sni) and not _matches(no_sni):
-        return Verdict(
-            sni_required=True,
-            certificate_mismatch=mismatch,
-            explanation="needs SNI: without it the server presents a certificate "
-            f"that does not cover {host}; {REMEDY_CLIENT}, {REMEDY_SERVER}",
-        )
+        return Verdict(True, mismatch, NEEDS_SNI_WRONG_CERT)
     if not _matches(sni):
-        return Verdict(
-            sni_required=False,
-            certificate_mismatch=mismatch,
-            explanation=f"the certificate served with SNI does not cover {host} either, "
-            "so SNI is not the cause: fix the certificate",
-        )
+        return Verdict(False, mismatch, SNI_CERT_WRONG)
     if mismatch:
-        return Verdict(
-            sni_required=False,
-            certificate_mismatch=True,
-            explanation="does not need SNI, but serves a different certificate without it "
-            f"(both cover {host}); watch both for expiry",
-        )
-    return Verdict(
-        sni_required=False,
-        certificate_mismatch=False,
-        explanation="does not need SNI: the same certificate is served with and without it",
-    )
+        return Verdict(False, True, DIFFERENT_BUT_COVERS)
+    return Verdict(False, False, ALL_GOOD)

@@ -853,3 +853,24 @@ def test_pem_round_trip_matches_der(pki: Pki) -> None:
     """The DER the store keeps is the certificate's own encoding (no re-encoding drift)."""
     pem = pki.web_root.cert.public_bytes(serialization.Encoding.PEM)
     assert TrustStore.from_pem(pem, include_system=False).anchors[0] == pki.web_root.der
+
+
+class TestInternDer:
+    def test_equal_blobs_become_one_object(self) -> None:
+        """Two equal DER copies come back as the same object; a different one stays itself."""
+        certs.clear_caches()
+        first = bytes(bytearray(b"\x30\x03\x02\x01\x01"))
+        second = bytes(bytearray(b"\x30\x03\x02\x01\x01"))
+        assert first is not second
+        assert certs.intern_der(first) is first
+        assert certs.intern_der(second) is first
+        other = b"\x30\x03\x02\x01\x02"
+        assert certs.intern_der(other) is other
+
+    def test_bounded(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The table never grows past its size: a full table starts afresh."""
+        certs.clear_caches()
+        monkeypatch.setattr(certs, "INTERN_TABLE_SIZE", 4)
+        for i in range(10):
+            certs.intern_der(bytes([i]) * 8)
+        assert len(certs._INTERNED) <= 4

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.service import Options, Service, phase_seconds, scheduled_start
+from exporter.service import Options, Service, debounce_seconds, phase_seconds, scheduled_start
 from exporter.shard import WHOLE_FLEET
 
 
@@ -68,3 +68,11 @@ class TestSkipAfterImmediate:
         service._ran_early.add("a:443")
         service._last_start["a:443"] = 1000.0
         assert not service._skip_after_immediate("a:443", 60.0, 1040.0)
+
+
+class TestRenderCadence:
+    def test_debounce_grows_with_render_time(self) -> None:
+        """Fast renders wait the base debounce; slow ones wait ten times longer, up to a cap."""
+        assert debounce_seconds(0.001) == 0.5
+        assert debounce_seconds(0.2) == pytest.approx(2.0)
+        assert debounce_seconds(3.0) == 5.0

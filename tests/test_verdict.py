@@ -96,3 +96,9 @@ class TestExplanation:
         """Every explanation is one line, for logs and tables."""
         for _, sni, no_sni, _, _ in CASES:
             assert "\n" not in decide("a.test", sni, no_sni).explanation
+
+    def test_explanations_are_shared(self) -> None:
+        """Equal findings share one explanation object: the service keeps one per target."""
+        first = decide("a.test", succeeded(True, A), failed(False, Reason.RESET))
+        second = decide("b.test", succeeded(True, A), failed(False, Reason.RESET))
+        assert first.explanation is second.explanation

@@ -151,6 +151,17 @@ class OwnMetrics:
         self.in_flight = Gauge(
             "sni_exporter_probes_in_flight", "Probes running right now.", registry=r
         )
+        self.render_seconds = Gauge(
+            "sni_exporter_render_duration_seconds",
+            "CPU-bound wall time of the last re-render of the target series "
+            "(rendered once per batch of changes, not per scrape).",
+            registry=r,
+        )
+        self.exposition_bytes = Gauge(
+            "sni_exporter_exposition_bytes",
+            "Size of the target series in the exposition, uncompressed.",
+            registry=r,
+        )
         for result in ("success", "failure"):
             self.probes.labels(result)
 
@@ -214,11 +225,14 @@ class Publisher:
                     self._exposition.remove(name)
                 else:
                     self._exposition.update(result)
+            started = time.perf_counter()
             plain = self._exposition.render()
             gzipped = self._exposition.render_gzip()
             # One tuple assignment: a scrape sees either the old or the new pair.
             self._plain, self._gzipped = plain, gzipped
             self.renders += 1
+            self._own.render_seconds.set(time.perf_counter() - started)
+            self._own.exposition_bytes.set(len(plain))
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -9,8 +9,8 @@ rules, and a real Prometheus for every dashboard query (test_e2e_prometheus).
 
 The metric contract is read from one place each: the per-target families from
 ``exporter.metrics.FAMILIES`` (the renderer's own list), and the exporter's own
-``sni_exporter_*`` metrics from ``OWN_METRICS`` below, because the service
-registers them one by one and exposes no list.  The end-to-end test checks
+``sni_exporter_*`` metrics from ``OWN_METRICS`` below, read from the
+service's own registry.  The end-to-end test checks
 that every name a dashboard or rule uses really appears in a live scrape.
 """
 
@@ -25,19 +25,23 @@ from exporter.metrics import FAMILIES
 #: Per-target metric names (all gauges), with the labels that identify a series.
 PER_TARGET_METRICS: Final = frozenset(family.name for family in FAMILIES)
 
-#: The exporter's own metrics and their types (the brief's metric contract).
-OWN_METRICS: Final[dict[str, str]] = {
-    "sni_exporter_build_info": "gauge",
-    "sni_exporter_targets": "gauge",
-    "sni_exporter_shard_info": "gauge",
-    "sni_exporter_config_last_reload_successful": "gauge",
-    "sni_exporter_config_last_reload_success_timestamp_seconds": "gauge",
-    "sni_exporter_probes": "counter",
-    "sni_exporter_handshakes": "counter",
-    "sni_exporter_probe_duration_seconds": "histogram",
-    "sni_exporter_scheduler_lateness_seconds": "histogram",
-    "sni_exporter_probes_in_flight": "gauge",
-}
+
+def _own_metrics() -> dict[str, str]:
+    """The exporter's own metric names and types, read from the service's registry."""
+    from exporter.service import OwnMetrics  # noqa: PLC0415 - the service pulls in APScheduler
+    from exporter.shard import WHOLE_FLEET  # noqa: PLC0415
+
+    own: dict[str, str] = {}
+    for family in OwnMetrics(WHOLE_FLEET).registry.collect():
+        if family.name.startswith("sni_exporter_"):
+            # An Info family "x" is exposed as the gauge "x_info".
+            info = family.type == "info"
+            own[family.name + "_info" if info else family.name] = "gauge" if info else family.type
+    return own
+
+
+#: The exporter's own metrics and their types: one source, the service itself.
+OWN_METRICS: Final[dict[str, str]] = _own_metrics()
 
 #: prometheus_client's process and platform collectors are part of the contract
 #: by prefix; their exact set depends on the platform.

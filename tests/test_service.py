@@ -89,6 +89,8 @@ class TestHeadlineGauges:
         refused = exporter.value("sni_exporter_handshakes_total", sni="false", result="refused")
         assert refused is not None
         assert refused >= 1
+        assert (exporter.value("sni_exporter_render_duration_seconds") or 0) > 0
+        assert (exporter.value("sni_exporter_exposition_bytes") or 0) > 1000
 
 
 class TestEndpoints:

@@ -100,12 +100,7 @@ def run_blackbox(state: Path, count: int, timeout: float = 5.0) -> Iterator[Blac
         fleet.wait_listening(port, deadline_seconds=30, process=proc)
         yield Blackbox(port=port, process=proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        fleet.stop_process(proc)
         log.close()
 
 

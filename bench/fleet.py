@@ -143,6 +143,16 @@ def _nginx_binary() -> str:
     return found
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def wait_listening(
     port: int, deadline_seconds: float = 15.0, process: subprocess.Popen[bytes] | None = None
 ) -> None:
@@ -204,12 +214,7 @@ def run_nginx(state: Path, count: int, ports: int = 4, vhosts: int = 16) -> Iter
             wait_listening(p, process=proc)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
 
 
 def leaf_fingerprint(port: int, server_name: str | None) -> str:

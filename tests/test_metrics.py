@@ -12,6 +12,7 @@ import dataclasses
 import gzip
 import random
 import subprocess
+import zlib
 from typing import TYPE_CHECKING, TypeAlias
 
 import pytest
@@ -19,7 +20,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import metrics
-from exporter.metrics import FAMILIES, Exposition, TargetCollector, configured_labels
+from exporter.metrics import (
+    FAMILIES,
+    Exposition,
+    TargetCollector,
+    configured_labels,
+    gzip_member,
+)
 from exporter.model import ChainCheck, HandshakeReport, ProbeResult, Target, Verdict
 from exporter.reasons import Reason
 from tests.factories import NOW, cert_facts, failed, probe_result, succeeded
@@ -80,6 +87,56 @@ def exposition(results: Iterable[ProbeResult]) -> Exposition:
     for result in results:
         exp.update(result)
     return exp
+
+
+def next_probe(result: ProbeResult, seconds: float = 60.0) -> ProbeResult:
+    """The next probe of the same target: same findings, a new start time and durations."""
+
+    def later(report: HandshakeReport) -> HandshakeReport:
+        handshake = report.handshake
+        slower = handshake.handshake_seconds + seconds / 1e5
+        return dataclasses.replace(
+            report, handshake=dataclasses.replace(handshake, handshake_seconds=slower)
+        )
+
+    return dataclasses.replace(
+        result,
+        sni=later(result.sni),
+        no_sni=later(result.no_sni),
+        started_at=result.started_at + seconds,
+    )
+
+
+def by_family(parts: Iterable[bytes]) -> dict[str, bytes]:
+    """The parts of render_parts() by the family they show."""
+    return {part.split(b" ", 3)[2].decode(): part for part in parts}
+
+
+def one_member(data: bytes) -> bytes:
+    """``data`` decompressed, checking that it is exactly one gzip member with a valid
+    trailer: curl --compressed and browsers read no further than the first member."""
+    reader = zlib.decompressobj(wbits=31)
+    text = reader.decompress(data) + reader.flush()
+    assert reader.eof, "the gzip member does not end"
+    assert reader.unused_data == b"", "more than one gzip member"
+    return text
+
+
+def assert_served_alike(exp: Exposition, expected: bytes) -> None:
+    """Every way to read ``exp`` gives ``expected``: parts, compressed parts, joined forms."""
+    parts = exp.render_parts()
+    deflated = exp.render_deflated()
+    assert exp.render() == expected
+    assert b"".join(parts) == expected
+    assert one_member(exp.render_gzip()) == expected
+    own = b"# the service's own metrics\n"
+    assert one_member(b"".join(gzip_member(deflated, own))) == expected + own
+    assert deflated.size == len(expected)
+    # One compressed run per part, each readable on its own: no run refers to
+    # the text of another, which is what lets them be recompressed one by one.
+    assert [zlib.decompressobj(-15).decompress(run) for run in deflated.parts] == list(parts)
+    assert all(part.startswith(b"# HELP ") for part in parts)
+    assert list(by_family(parts)) == families_in(expected)
 
 
 # --- Reading the output -----------------------------------------------------------
@@ -436,21 +493,120 @@ class TestIncremental:
 
     @pytest.mark.parametrize("aspect", list(_variants()))
     def test_every_shown_aspect_is_rerendered(self, aspect: str) -> None:
-        """A change in any one shown aspect of a result gives the same text as a fresh render."""
+        """A change in any one shown aspect gives a fresh render's bytes, in every form, and
+        rebuilds only the families whose text changed."""
         before, after = _variants()[aspect]
         other = probe_result("b.test")
         exp = exposition([before, other])
         assert exp.render() == exposition([before, other]).render()
+        old_parts, old_runs = exp.render_parts(), exp.render_deflated().parts
         exp.update(after)
         fresh = exposition([after, other]).render()
         assert fresh != exposition([before, other]).render(), "the variant shows no difference"
-        assert exp.render() == fresh
+        assert_served_alike(exp, fresh)
+        old, new = by_family(old_parts), by_family(exp.render_parts())
+        old_gz = dict(zip(old, old_runs, strict=True))
+        new_gz = dict(zip(new, exp.render_deflated().parts, strict=True))
+        for name, part in new.items():
+            unchanged = old.get(name) == part
+            assert (old.get(name) is part) is unchanged, name
+            assert (old_gz.get(name) is new_gz[name]) is unchanged, name
 
     def test_unchanged_render_returns_the_cached_bytes(self) -> None:
-        """Without changes, render() and render_gzip() return the very same objects."""
+        """Without changes, every render method returns the very same objects."""
         exp = exposition(fleet(8))
         assert exp.render() is exp.render()
         assert exp.render_gzip() is exp.render_gzip()
+        assert exp.render_parts() is exp.render_parts()
+        assert exp.render_deflated() is exp.render_deflated()
+
+    def test_an_update_that_shows_nothing_new_keeps_the_cached_bytes(self) -> None:
+        """A result that renders exactly like the previous one changes no object at all."""
+        results = fleet(8)
+        exp = exposition(results)
+        text, parts, gz = exp.render(), exp.render_parts(), exp.render_gzip()
+        deflated = exp.render_deflated()
+        exp.update(dataclasses.replace(results[3], duration_seconds=9.0))  # not shown
+        assert exp.render_parts() is parts
+        assert exp.render_deflated() is deflated
+        assert exp.render() is text
+        assert exp.render_gzip() is gz
+
+    def test_a_probe_rebuilds_only_the_measured_families(self) -> None:
+        """The next probe of a target with the same findings rebuilds and recompresses only
+        the start time and duration families; every other part is the same object."""
+        results = fleet(12)
+        exp = exposition(results)
+        parts, runs = by_family(exp.render_parts()), exp.render_deflated().parts
+        exp.update(next_probe(results[5]))
+        exp.update(next_probe(results[6]))
+        new_parts, new_runs = by_family(exp.render_parts()), exp.render_deflated().parts
+        measured = {"sni_probe_last_run_timestamp_seconds", "sni_probe_duration_seconds"}
+        assert list(new_parts) == list(parts)
+        for (name, part), run, new_run in zip(new_parts.items(), runs, new_runs, strict=True):
+            assert (part is not parts[name]) is (name in measured), name
+            assert (new_run is not run) is (name in measured), name
+        assert_served_alike(
+            exp, exposition([*results[:5], *map(next_probe, results[5:7]), *results[7:]]).render()
+        )
+
+    def test_a_probe_recompresses_only_its_chunks(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """With the text compressed in chunks of two targets, the next probe of one target
+        recompresses one chunk per measured family: the one with that target's series."""
+        monkeypatch.setattr(metrics, "_CHUNK_PAIRS", 2)
+        monkeypatch.setattr(metrics, "_STATE_CHUNK_PAIRS", 2)
+        results = fleet(12)
+        exp = exposition(results)
+        exp.render_deflated()
+        compressed: list[bytes] = []
+        deflate = metrics._deflate  # spied on, not replaced
+
+        def spy(data: bytes | memoryview) -> bytes:
+            compressed.append(bytes(data))
+            return deflate(data)
+
+        monkeypatch.setattr(metrics, "_deflate", spy)
+        exp.update(next_probe(results[7]))
+        assert_served_alike(
+            exp, exposition([*results[:7], next_probe(results[7]), *results[8:]]).render()
+        )
+        assert [chunk.split(b"{", 1)[0].rsplit(b"\n", 1)[-1] for chunk in compressed] == [
+            b"sni_probe_last_run_timestamp_seconds",
+            b"sni_probe_duration_seconds",
+        ]
+        target = results[7].target.name.encode()
+        assert all(target in chunk and chunk.count(b"\n") <= 2 * 2 for chunk in compressed)
+
+    def test_a_target_that_comes_or_goes_rebuilds_only_its_families(self) -> None:
+        """Adding or removing a target without certificates leaves the certificate families'
+        parts and their compressed runs as they were."""
+        up = [probe_result("a.test"), probe_result("c.test")]
+        down = probe_result(
+            "b.test", sni=failed(True, Reason.REFUSED), no_sni=failed(False, Reason.REFUSED)
+        )
+        exp = exposition(up)
+        parts = by_family(exp.render_parts())
+        runs = dict(zip(parts, exp.render_deflated().parts, strict=True))
+        for step in ("add", "remove"):
+            if step == "add":
+                exp.update(down)
+            else:
+                exp.remove("b.test:443")
+            new = by_family(exp.render_parts())
+            new_runs = dict(zip(new, exp.render_deflated().parts, strict=True))
+            assert list(new) == list(parts)
+            for name, part in new.items():
+                untouched = name in CERTIFICATE_FAMILIES
+                assert (part is parts[name]) is untouched, (step, name)
+                assert (new_runs[name] is runs[name]) is untouched, (step, name)
+        assert_served_alike(exp, exposition(up).render())
+
+    def test_empty_exposition(self) -> None:
+        """No targets: no parts, and the gzip forms are still one valid member."""
+        exp = Exposition()
+        assert exp.render_parts() == ()
+        assert exp.render_deflated().parts == ()
+        assert_served_alike(exp, b"")
 
     def test_update_replaces_every_series_of_the_target(self) -> None:
         """A new result replaces the old one: new values, and series that no longer apply go."""
@@ -522,42 +678,70 @@ class TestIncremental:
         exp.remove("b.test:443")
         assert exp.render() == b""
 
-    def test_incremental_render_equals_a_fresh_one(self) -> None:
-        """After many random updates and removals, the output equals a fresh render."""
-        rng = random.Random(7)
+    @pytest.mark.parametrize(("seed", "chunk_pairs"), [(7, 64), (8, 1), (9, 3)])
+    def test_incremental_render_equals_a_fresh_one(
+        self,
+        seed: int,
+        chunk_pairs: int,
+        caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """After random updates and removals, between renders of every kind, each render in
+        every form equals a fresh render of the latest results, whatever the gzip chunks."""
+        monkeypatch.setattr(metrics, "_CHUNK_PAIRS", chunk_pairs)
+        monkeypatch.setattr(metrics, "_STATE_CHUNK_PAIRS", chunk_pairs + 1)
+        rng = random.Random(seed)
         pool = fleet(40)
         variants = [
-            sni_required_result(r.target.host, labels=r.target.labels, started_at=NOW + 1)
+            (
+                r,
+                next_probe(r),  # the common case: only the measured families change
+                next_probe(r, 120.0),
+                sni_required_result(r.target.host, labels=r.target.labels, started_at=NOW + 1),
+                dataclasses.replace(r, address="127.0.0.2"),  # same name, another pair
+                probe_result(r.target.host, labels=(("team", "moved"),), started_at=NOW + 2),
+                dataclasses.replace(r, started_at="soon"),  # type: ignore[arg-type]
+            )
             for r in pool
         ]
         exp = Exposition()
         latest: dict[str, ProbeResult] = {}
-        for step in range(400):
+        renders = (exp.render, exp.render_gzip, exp.render_parts, exp.render_deflated)
+        for _ in range(600):
             i = rng.randrange(len(pool))
             name = pool[i].target.name
-            if rng.random() < 0.15:
+            if rng.random() < 0.1:
                 exp.remove(name)
                 latest.pop(name, None)
             else:
-                result = rng.choice([pool[i], variants[i]])
+                result = rng.choice(variants[i])
                 exp.update(result)
                 latest[name] = result
-            if step % 37 == 0:
-                exp.render()
-        assert exp.render() == exposition(latest.values()).render()
+            if rng.random() < 0.15:
+                rng.choice(renders)()
+            if rng.random() < 0.05:
+                assert_served_alike(exp, exposition(latest.values()).render())
+        assert_served_alike(exp, exposition(latest.values()).render())
         assert exp.results() == tuple(sorted(latest.values(), key=lambda r: r.target.name))
+        assert "cannot render the series" in caplog.text
 
     def test_gzip_matches_and_follows_changes(self) -> None:
-        """render_gzip() is the rendered text, recompressed after a change, and concatenable."""
+        """render_gzip() is one gzip member of the rendered text, recompressed after a change;
+        gzip_member() puts a tail (the service's own metrics) into that same member."""
         exp = exposition([probe_result("a.test")])
         first = exp.render_gzip()
+        assert one_member(first) == exp.render()
         assert gzip.decompress(first) == exp.render()
         exp.update(probe_result("b.test"))
         second = exp.render_gzip()
         assert second is not first
-        assert gzip.decompress(second) == exp.render()
-        # A second gzip member (the service's own metrics) appended still reads as one stream.
-        assert gzip.decompress(second + gzip.compress(b"own\n")) == exp.render() + b"own\n"
+        assert one_member(second) == exp.render()
+        body = b"".join(gzip_member(exp.render_deflated(), b"own 1\n"))
+        assert one_member(body) == exp.render() + b"own 1\n"
+        # The trailer is checked: a wrong CRC or length is refused.
+        for broken in (body[:-8] + bytes([body[-8] ^ 1]) + body[-7:], body[:-1] + b"\x01"):
+            with pytest.raises(zlib.error):
+                one_member(broken)
 
 
 class TestCollisions:

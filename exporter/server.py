@@ -18,7 +18,7 @@ import logging
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from exporter import __version__
@@ -66,7 +66,7 @@ class Routes:
     """What the endpoints call.  All are thread-safe."""
 
     telemetry_path: str
-    metrics: Callable[[bool], bytes]  # gzipped? -> body
+    metrics: Callable[[bool], Sequence[bytes]]  # gzipped? -> body, in parts written in order
     ready: Callable[[], bool]
     reload: Callable[[], tuple[bool, str]]
 
@@ -100,18 +100,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _send(
         self,
         status: int,
-        body: bytes,
+        body: bytes | Sequence[bytes],
         content_type: str = "text/plain; charset=utf-8",
         headers: dict[str, str] | None = None,
     ) -> None:
+        # A body in parts is written part by part: joining 25 MB per scrape would
+        # cost a copy and hold the GIL.
+        parts = (body,) if isinstance(body, bytes) else body
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(sum(len(part) for part in parts)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
+            for part in parts:
+                self.wfile.write(part)
 
     def _route_get(self) -> None:
         routes = self.server.routes

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import gzip
 import hashlib
 import logging
 import platform
@@ -190,8 +189,11 @@ class Publisher:
         self._changed = threading.Event()
         self._stop = threading.Event()
         self._render_lock = threading.Lock()  # one flush at a time keeps renders in order
-        self._plain = b""
-        self._gzipped = gzip.compress(b"", compresslevel=1)
+        # The target series as metrics.Exposition renders them for serving: one
+        # part per family (never joined into one 25 MB bytes), and the same
+        # compressed family by family, for one gzip member per scrape.
+        self._plain: tuple[bytes, ...] = ()
+        self._deflated = metrics.Deflated()
         self.renders = 0
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
 
@@ -226,13 +228,13 @@ class Publisher:
                 else:
                     self._exposition.update(result)
             started = time.perf_counter()
-            plain = self._exposition.render()
-            gzipped = self._exposition.render_gzip()
+            plain = self._exposition.render_parts()
+            deflated = self._exposition.render_deflated()
             # One tuple assignment: a scrape sees either the old or the new pair.
-            self._plain, self._gzipped = plain, gzipped
+            self._plain, self._deflated = plain, deflated
             self.renders += 1
             self._own.render_seconds.set(time.perf_counter() - started)
-            self._own.exposition_bytes.set(len(plain))
+            self._own.exposition_bytes.set(sum(len(part) for part in plain))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -247,17 +249,17 @@ class Publisher:
             # Debounce: while results stream in, render at most this often.
             self._stop.wait(debounce_seconds(took))
 
-    def body(self, gzipped: bool) -> bytes:
-        """The whole /metrics body: cached target series, then the exporter's own.
+    def body(self, gzipped: bool) -> tuple[bytes, ...]:
+        """The whole /metrics body in parts: cached target series, then the exporter's own.
 
-        With gzip, the two parts are separate gzip members in one stream (RFC 1952
-        allows it, and Go's and Python's readers read multistream by default), so
-        the large part is compressed once per change, not once per scrape.
+        With gzip, the parts make ONE gzip member (curl --compressed and browsers
+        read no further than the first): the target families as compressed once
+        per change, then only our own few kB compressed per scrape.
         """
         own = generate_latest(self._own.registry)
         if gzipped:
-            return self._gzipped + gzip.compress(own, compresslevel=1)
-        return self._plain + own
+            return metrics.gzip_member(self._deflated, own)
+        return (*self._plain, own)
 
 
 class Service:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import shutil
 import sys
@@ -40,25 +39,16 @@ from typing import Any, ClassVar, Final
 import yaml
 from helm_sdkpy import Configuration, Install, Lint
 
+# Run as a script under .venv-helm: make the repository importable for the shared merge.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.helm_values import merge_values
+
 CHART: Final = Path(__file__).resolve().parent.parent / "helm" / "sni-exporter"
 RELEASE: Final = "demo"
 NAMESPACE: Final = "monitoring"
 DEFAULT_KUBE_VERSION: Final = "v1.31.0"
 SEVERITY_ERROR: Final = 3
 SEVERITY_NAMES: Final = {0: "unknown", 1: "info", 2: "warning", 3: "error"}
-
-
-def merge_values(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Helm's merge of user values into chart defaults: maps merge, null deletes."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if value is None:
-            merged.pop(key, None)
-        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_values(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 # --- A fake Kubernetes API server, just enough for `helm install` -------------

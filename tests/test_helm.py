@@ -24,6 +24,7 @@ import exporter
 from exporter import cli
 from exporter.shard import WHOLE_FLEET, Shard, parse_shard
 from tests import helm_docs
+from tests.helm_values import merge_values
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 CHART: Final = ROOT / "helm" / "sni-exporter"
@@ -58,23 +59,10 @@ def _disable(settings_key: str) -> dict[str, Any]:
     return {"prometheusRule": {"alerts": settings}}
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Helm's merge of user values over the defaults (maps merge, null deletes)."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if value is None:
-            merged.pop(key, None)
-        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def _disable_all() -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key in _settings_keys():
-        values = _merge(values, _disable(key))
+        values = merge_values(values, _disable(key))
     return values
 
 
@@ -206,7 +194,7 @@ class TestSchema:
     def test_values_files_are_valid(self, name: str) -> None:
         """The defaults and every ci values file, merged as Helm does, satisfy the schema."""
         override = {} if name == "defaults" else yaml.safe_load((CHART / name).read_text())
-        errors = list(self._validator().iter_errors(_merge(_defaults(), override)))
+        errors = list(self._validator().iter_errors(merge_values(_defaults(), override)))
         assert not errors, [e.message for e in errors]
 
     @pytest.mark.parametrize(
@@ -229,7 +217,7 @@ class TestSchema:
     )
     def test_bad_values_are_rejected(self, override: dict[str, Any]) -> None:
         """Typos, wrong types and out-of-range values fail schema validation."""
-        assert list(self._validator().iter_errors(_merge(_defaults(), override)))
+        assert list(self._validator().iter_errors(merge_values(_defaults(), override)))
 
     def test_every_value_is_in_the_schema(self) -> None:
         """Every key of values.yaml is declared in the schema (unknown keys are rejected)."""

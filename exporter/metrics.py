@@ -244,6 +244,9 @@ def _reason(report: HandshakeReport) -> str:
 #: order; b"" where the pair has no series in that family.
 _Fragments: TypeAlias = tuple[bytes, ...]
 _PairKey: TypeAlias = tuple[str, str]  # (target name, address)
+#: Where a target's series go in each family, before its name: see ``Exposition``.
+Rank: TypeAlias = "Callable[[Target], tuple[float, ...]]"
+_OrderKey: TypeAlias = tuple[tuple[float, ...], _PairKey]  # (rank, pair): the exposition order
 #: In one family, the pairs [start, end) of the rendered order become the
 #: fragment: a pair's new fragment (end = start + 1), a new pair (end = start),
 #: or nothing at all, None (a removed pair, end = start + 1).
@@ -508,10 +511,10 @@ def _recut(
     return tuple(shifted), touched
 
 
-#: One changed pair: (start, end, key, first, fragments), where start and end
-#: are as in ``_Edit`` and ``fragments`` those from family ``first`` on (see
-#: ``_format``), or None for a removed pair.
-_Change: TypeAlias = tuple[int, int, _PairKey, int, _Fragments | None]
+#: One changed pair: (start, end, order, first, fragments), where start and end
+#: are as in ``_Edit``, order is the pair's ``_OrderKey``, and ``fragments``
+#: those from family ``first`` on (see ``_format``), or None for a removed pair.
+_Change: TypeAlias = tuple[int, int, _OrderKey, int, _Fragments | None]
 
 
 def _edits(
@@ -623,6 +626,16 @@ class Exposition:
     compress), 115 ms after a full round of probes (of which 12 ms to
     compress); tracemalloc: it holds 35 MB (23 MB of text).
 
+    Series are in order of ``rank(target)``, then target name and address;
+    without ``rank``, by name.  The service ranks targets by their place in
+    the schedule (interval, then phase), so that the pairs one debounce
+    window brings are neighbours and touch one or two compressed chunks per
+    family instead of most of them.  That halves the renderer's CPU at the
+    full scenario's rate (10k targets, 167 probes/s, flushed every 0.5 s:
+    10.0 -> 4.8 ms per second; ``bench/publisher.py``).  Prometheus does not
+    care about the order of series in a family.  A pair keeps the rank it had
+    when it was added.
+
     The exposition has no ``address`` label yet, so it shows one pair per
     target name: a result for a name that is already present under another
     address replaces that pair.  Two pairs of one name would otherwise render
@@ -630,8 +643,10 @@ class Exposition:
     whole scrape.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rank: Rank | None = None) -> None:
         self._lock = threading.Lock()
+        self._rank = rank
+        self._ranks: dict[_PairKey, tuple[float, ...]] = {}  # each pair's, from when it came
         self._results: dict[_PairKey, ProbeResult] = {}
         self._address: dict[str, str] = {}  # target name -> the address of its one pair
         # Updated since the last render, in the order of the updates (for
@@ -640,7 +655,7 @@ class Exposition:
         self._dropped: set[_PairKey] = set()  # rendered, and removed since
         self._stale = False  # changes to apply: _changed or _dropped, or both
         # As of the last render:
-        self._order: list[_PairKey] = []  # sorted: by name, then address
+        self._order: list[_OrderKey] = []  # sorted
         # One lookup per changed pair: its index in _order, and what its fragments were made of.
         self._rendered: dict[_PairKey, tuple[int, _Pair]] = {}
         self._blocks = [
@@ -673,6 +688,8 @@ class Exposition:
             if previous is not None and previous != result.address:
                 self._drop((name, previous))
             self._address[name] = result.address
+            if self._rank is not None and key not in self._results:
+                self._ranks[key] = self._rank(result.target)
             self._results[key] = result
             self._changed[key] = result
             if self._dropped:
@@ -688,7 +705,7 @@ class Exposition:
                 self._drop((name, address))
 
     def results(self) -> tuple[ProbeResult, ...]:
-        """An immutable snapshot of the results shown, in exposition order."""
+        """An immutable snapshot of the results shown, sorted by target name."""
         with self._lock:
             return tuple(self._results[key] for key in sorted(self._results))
 
@@ -790,10 +807,11 @@ class Exposition:
         self._blocks = [block for block, _ in spliced]
         rendered = self._rendered
         if structural:
-            self._order = sorted(self._results)
+            ranks = self._ranks
+            self._order = sorted((ranks.get(key, ()), key) for key in self._results)
             self._rendered = {
                 key: (i, pairs[key] if key in pairs else rendered[key][1])
-                for i, key in enumerate(self._order)
+                for i, (_, key) in enumerate(self._order)
             }
         else:
             for key, pair in pairs.items():
@@ -812,25 +830,27 @@ class Exposition:
             found = rendered.get(key)
             if found is None:  # a new pair: before the first greater key, all its fragments
                 pair, first, fragments = _format_or_nothing(result, None)
-                position = bisect.bisect_left(self._order, key)
-                changes.append((position, position, key, first, fragments))
+                order = (self._ranks.get(key, ()), key)
+                position = bisect.bisect_left(self._order, order)
+                changes.append((position, position, order, first, fragments))
                 pairs[key] = pair
                 continue
             position, previous = found
             pair, first, fragments = _format_or_nothing(result, previous)
-            changes.append((position, position + 1, key, first, fragments))
+            changes.append((position, position + 1, self._order[position], first, fragments))
             if pair is not previous:
                 pairs[key] = pair
         for key in self._dropped:
             position = rendered[key][0]
-            changes.append((position, position + 1, key, 0, None))
+            changes.append((position, position + 1, self._order[position], 0, None))
         # By position (start, then end: a new pair before the one it precedes),
-        # then key; keys are unique, so the sort never compares the fragments.
+        # then order key; these are unique, so the sort never compares the fragments.
         changes.sort()
         return changes, pairs
 
     def _drop(self, key: _PairKey) -> None:
         del self._results[key]
+        self._ranks.pop(key, None)
         self._changed.pop(key, None)
         if key in self._rendered:
             self._dropped.add(key)

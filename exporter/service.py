@@ -84,6 +84,15 @@ def scheduled_start(name: str, interval: float, now: float) -> float:
     return phase + ((now - phase) // interval) * interval
 
 
+def schedule_rank(target: Target) -> tuple[float, float]:
+    """Where the target's series go in /metrics: in the order the schedule probes them.
+
+    See ``metrics.Exposition``: neighbours in time are neighbours in the text,
+    which keeps each render's recompression to a chunk or two per family.
+    """
+    return (target.interval, phase_seconds(target.name, target.interval))
+
+
 def debounce_seconds(render_seconds: float) -> float:
     """How long the publisher waits after a render that took ``render_seconds``."""
     backoff = min(RENDER_MAX_DEBOUNCE_SECONDS, RENDER_BACKOFF_FACTOR * render_seconds)
@@ -183,7 +192,7 @@ class Publisher:
 
     def __init__(self, own: OwnMetrics) -> None:
         self._own = own
-        self._exposition = metrics.Exposition()
+        self._exposition = metrics.Exposition(schedule_rank)
         self._lock = threading.Lock()
         self._pending: dict[str, ProbeResult | None] = {}
         self._changed = threading.Event()

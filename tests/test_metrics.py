@@ -82,8 +82,8 @@ def fleet(count: int) -> list[ProbeResult]:
     return results
 
 
-def exposition(results: Iterable[ProbeResult]) -> Exposition:
-    exp = Exposition()
+def exposition(results: Iterable[ProbeResult], rank: metrics.Rank | None = None) -> Exposition:
+    exp = Exposition(rank)
     for result in results:
         exp.update(result)
     return exp
@@ -452,6 +452,41 @@ class TestOrdering:
         assert keys == sorted(keys, key=lambda k: (k[0], k[1] == "false"))
         assert keys[0] == ("host00000.fleet.test:443", "true")
 
+    def test_series_follow_the_rank_then_the_name(self) -> None:
+        """With a rank, each family lists its targets by rank, then name; the lines are
+        the same as by name alone."""
+        results = fleet(12)
+
+        def rank(target: Target) -> tuple[float, ...]:
+            return (int(target.host[4:9]) % 3,)  # 0, 3, 6, 9, then 1, 4, 7, 10, ...
+
+        ranked = exposition(reversed(results), rank).render()
+        order = [labels["target"][4:9] for labels, _ in select(ranked, "sni_required")]
+        assert order == ["00000", "00003", "00006", "00009", "00001", "00004", "00007", "00010",
+                         "00002", "00005", "00008", "00011"]  # fmt: skip
+        plain = exposition(results).render()
+        assert families_in(ranked) == families_in(plain)
+        assert sorted(ranked.splitlines()) == sorted(plain.splitlines())
+
+    def test_a_pair_keeps_the_rank_it_was_added_with(self) -> None:
+        """Ranks are read once per pair: a later result whose rank would differ keeps
+        its place; removed and added again, it takes the new one."""
+        ranks = {"host00000.fleet.test": 1.0, "host00001.fleet.test": 2.0}
+        a, b = fleet(2)
+        exp = exposition([a, b], lambda target: (ranks[target.host],))
+        exp.render()
+        ranks["host00000.fleet.test"] = 3.0
+        exp.update(next_probe(a))
+
+        def first() -> str:
+            return select(exp.render(), "sni_required")[0][0]["target"]
+
+        assert first() == a.target.name
+        exp.remove(a.target.name)
+        exp.render()
+        exp.update(next_probe(a))
+        assert first() == b.target.name
+
     def test_insertion_order_does_not_matter(self) -> None:
         """The same results in any order render the same bytes."""
         results = fleet(30)
@@ -678,11 +713,14 @@ class TestIncremental:
         exp.remove("b.test:443")
         assert exp.render() == b""
 
-    @pytest.mark.parametrize(("seed", "chunk_pairs"), [(7, 64), (8, 1), (9, 3)])
+    @pytest.mark.parametrize(
+        ("seed", "chunk_pairs", "ranked"), [(7, 64, False), (8, 1, False), (9, 3, True)]
+    )
     def test_incremental_render_equals_a_fresh_one(
         self,
         seed: int,
         chunk_pairs: int,
+        ranked: bool,
         caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
@@ -704,7 +742,12 @@ class TestIncremental:
             )
             for r in pool
         ]
-        exp = Exposition()
+
+        def by_digest(target: Target) -> tuple[float, ...]:  # a stable, scrambled order
+            return (zlib.crc32(target.name.encode()) % 7,)
+
+        rank = by_digest if ranked else None
+        exp = Exposition(rank)
         latest: dict[str, ProbeResult] = {}
         renders = (exp.render, exp.render_gzip, exp.render_parts, exp.render_deflated)
         for _ in range(600):
@@ -720,8 +763,8 @@ class TestIncremental:
             if rng.random() < 0.15:
                 rng.choice(renders)()
             if rng.random() < 0.05:
-                assert_served_alike(exp, exposition(latest.values()).render())
-        assert_served_alike(exp, exposition(latest.values()).render())
+                assert_served_alike(exp, exposition(latest.values(), rank).render())
+        assert_served_alike(exp, exposition(latest.values(), rank).render())
         assert exp.results() == tuple(sorted(latest.values(), key=lambda r: r.target.name))
         assert "cannot render the series" in caplog.text
 

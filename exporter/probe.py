@@ -185,30 +185,6 @@ def _errno_error(cls: type[ProbeError], error: OSError | int, what: str) -> Prob
     return cls(f"{what}: {name}", reason)
 
 
-def _wake(future: asyncio.Future[None]) -> None:
-    # The selector may report readiness again before the waiting task runs.
-    if not future.done():
-        future.set_result(None)
-
-
-async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    future: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(fd, _wake, future)
-    try:
-        await future
-    finally:
-        loop.remove_reader(fd)
-
-
-async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    future: asyncio.Future[None] = loop.create_future()
-    loop.add_writer(fd, _wake, future)
-    try:
-        await future
-    finally:
-        loop.remove_writer(fd)
-
-
 def _check_tls(data: bytes) -> None:
     """The server's first bytes must open a TLS record (handshake or alert, version 3.x).
 
@@ -231,35 +207,6 @@ def _pending_output(connection: SSL.Connection) -> bytes:
         if len(chunk) < _CHUNK:
             break
     return b"".join(chunks)
-
-
-async def _send(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            sent = sock.send(view)
-        except BlockingIOError:
-            await _writable(loop, sock.fileno())
-            continue
-        except OSError as error:
-            raise _errno_error(HandshakeError, error, "sending to the server failed") from None
-        view = view[sent:]
-
-
-async def _receive(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
-    while True:
-        try:
-            data = sock.recv(_CHUNK)
-        except BlockingIOError:
-            await _readable(loop, sock.fileno())
-            continue
-        except OSError as error:
-            raise _errno_error(
-                HandshakeError, error, "connection failed during the handshake"
-            ) from None
-        if not data:
-            raise HandshakeError("server closed the connection during the handshake", Reason.EOF)
-        return data
 
 
 def _failed_handshake(connection: SSL.Connection, error: SSL.Error) -> ProbeError:
@@ -308,51 +255,159 @@ def _chain_der(connection: SSL.Connection) -> tuple[bytes, ...]:
     return (certs.intern_der(dump_certificate(FILETYPE_ASN1, leaf)),) if leaf is not None else ()
 
 
-async def _connect(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, address: str, port: int
-) -> None:
-    try:
-        await loop.sock_connect(sock, (address, port))
-    except OSError as error:
-        raise _errno_error(ConnectError, error, f"connect to {address} port {port}") from None
-    except (OverflowError, ValueError) as error:  # a port out of range
-        raise ConnectError(f"cannot connect to {address} port {port}: {error}") from None
+class _Exchange:
+    """One handshake's byte mover, driven by the event loop's readiness callbacks.
 
+    OpenSSL works on memory BIOs; the callbacks move the bytes between them
+    and the socket.  Every byte from the server passes through
+    ``_on_readable`` first: a reset or a FIN is named by its errno or by an
+    empty read, and the first bytes are checked for TLS before OpenSSL
+    parses them.  (With the socket handed to OpenSSL, its first
+    ``do_handshake`` writes the ClientHello and reads at once; on this
+    machine the answer of a fast plain-HTTP server was already there in a
+    quarter of the attempts, and only OpenSSL's error text was left.)
 
-async def _handshake_on(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, connection: SSL.Connection
-) -> None:
-    """Drive the handshake: OpenSSL works on memory BIOs, this loop moves the bytes.
-
-    Doing the socket I/O here, not in OpenSSL, means every byte from the
-    server passes through ``_receive`` first: a reset or a FIN is named by
-    its errno or by an empty read, and the first bytes are checked for TLS
-    before OpenSSL parses them.  (With the socket handed to OpenSSL, its
-    first ``do_handshake`` call writes the ClientHello and reads at once; on
-    this machine the answer of a fast plain-HTTP server was already there in
-    a quarter of the attempts, and only OpenSSL's error text was left.)
-    It costs no measurable CPU (0.80 ms against 0.80 ms per handshake).
+    Callbacks, not a coroutine awaiting each read: the work for a readiness
+    event runs in the loop iteration that reports it, with no future, no
+    task step and no re-registration of the descriptor in between.  That
+    took 13 % off the engine's CPU per endpoint (0.99 -> 0.86 ms, 50 in
+    flight against nginx; the paced figure did not move).  The outcome is
+    ``done``: a result, or the ``ProbeError`` (or other exception) that
+    ended the handshake.
     """
-    first = True
-    while True:
+
+    __slots__ = (
+        "checked",
+        "connected",
+        "connection",
+        "done",
+        "fd",
+        "finished",
+        "idna",
+        "loop",
+        "sock",
+        "unsent",
+    )
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, idna: bytes | None
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.idna = idna
+        self.connection: SSL.Connection | None = None
+        self.connected: float | None = None  # perf_counter() when TCP connected
+        self.unsent = b""  # output the socket did not take yet
+        self.checked = False  # the first bytes from the server were checked for TLS
+        self.finished = False  # OpenSSL finished the handshake
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    def start(self, address: str, port: int) -> None:
+        """Start connecting; raises what fails at once, ``done`` gets the rest."""
+        try:
+            code = self.sock.connect_ex((address, port))
+        except (OverflowError, ValueError) as error:  # a port out of range
+            raise ConnectError(f"cannot connect to {address} port {port}: {error}") from None
+        if code in (errno.EINPROGRESS, errno.EAGAIN):
+            self.loop.add_writer(self.fd, self._guarded, self._on_connect, address, port)
+        elif code == 0:
+            self._connected()
+        else:
+            raise _errno_error(ConnectError, code, f"connect to {address} port {port}")
+
+    def close(self) -> None:
+        """Stop watching the socket (idempotent); closing it is the caller's."""
+        self.loop.remove_writer(self.fd)
+        self.loop.remove_reader(self.fd)
+
+    def _settle(self, error: BaseException | None = None) -> None:
+        self.close()
+        if not self.done.done():
+            if error is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(error)
+
+    def _guarded(self, callback: Callable[..., None], *args: object) -> None:
+        """Run a readiness callback; what it raises ends the handshake (the loop never sees it)."""
+        try:
+            callback(*args)
+        except Exception as error:  # handed to the coroutine awaiting ``done``
+            self._settle(error)
+
+    def _on_connect(self, address: str, port: int) -> None:
+        self.loop.remove_writer(self.fd)
+        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            raise _errno_error(ConnectError, code, f"connect to {address} port {port}")
+        self._connected()
+
+    def _connected(self) -> None:
+        self.connected = time.perf_counter()
+        connection = self.connection = SSL.Connection(_client_context(), None)  # memory BIOs
+        connection.set_app_data(_Alert())
+        if self.idna is not None:
+            connection.set_tlsext_host_name(self.idna)
+        connection.set_connect_state()
+        self.loop.add_reader(self.fd, self._guarded, self._on_readable)
+        self._step(connection)
+
+    def _on_readable(self) -> None:
+        try:
+            data = self.sock.recv(_CHUNK)
+        except BlockingIOError:  # readiness reported twice; nothing new
+            return
+        except OSError as error:
+            raise _errno_error(
+                HandshakeError, error, "connection failed during the handshake"
+            ) from None
+        if not data:
+            raise HandshakeError("server closed the connection during the handshake", Reason.EOF)
+        if not self.checked:
+            _check_tls(data)
+            self.checked = True
+        connection = self.connection
+        assert connection is not None  # reading starts once connected
+        connection.bio_write(data)
+        self._step(connection)
+
+    def _step(self, connection: SSL.Connection) -> None:
+        """Let OpenSSL take what it has, send what it wrote; settle when finished."""
         try:
             connection.do_handshake()
         except SSL.WantReadError:
-            done = False
+            pass
         except SSL.Error as error:
             raise _failed_handshake(connection, error) from None
         else:
-            done = True
+            self.finished = True
         output = _pending_output(connection)
         if output:
-            await _send(loop, sock, output)
-        if done:
+            self._send(output)
+        if self.finished and not self.unsent:
+            self._settle()
+
+    def _send(self, data: bytes) -> None:
+        if self.unsent:  # keep the order: after what is still waiting
+            self.unsent += data
             return
-        data = await _receive(loop, sock)
-        if first:
-            _check_tls(data)
-            first = False
-        connection.bio_write(data)
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as error:
+            raise _errno_error(HandshakeError, error, "sending to the server failed") from None
+        if sent < len(data):
+            self.unsent = data[sent:]
+            self.loop.add_writer(self.fd, self._guarded, self._on_writable)
+
+    def _on_writable(self) -> None:
+        data, self.unsent = self.unsent, b""
+        self.loop.remove_writer(self.fd)
+        self._send(data)
+        if self.finished and not self.unsent:
+            self._settle()
 
 
 async def handshake(
@@ -390,27 +445,22 @@ async def _handshake(
     timeout: float,  # noqa: ASYNC109
 ) -> Handshake:
     address, port = record.address, record.port
-    loop = asyncio.get_running_loop()
     started = time.perf_counter()
-    connected: float | None = None
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as error:  # EMFILE and friends
         return _failure(record, _errno_error(ConnectError, error, "cannot open a socket"), started)
-    connection: SSL.Connection | None = None
+    exchange = _Exchange(asyncio.get_running_loop(), sock, idna)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORTIVE_LINGER)
+        exchange.start(address, port)
         async with asyncio.timeout(timeout):
-            await _connect(loop, sock, address, port)
-            connected = time.perf_counter()
-            connection = SSL.Connection(_client_context(), None)  # memory BIOs
-            connection.set_app_data(_Alert())
-            if idna is not None:
-                connection.set_tlsext_host_name(idna)
-            connection.set_connect_state()
-            await _handshake_on(loop, sock, connection)
+            await exchange.done
         done = time.perf_counter()
+        connection, connected = exchange.connection, exchange.connected
+        assert connection is not None  # the handshake finished, so it connected
+        assert connected is not None
         return Handshake(
             sni=record.sni,
             server_name=record.server_name,
@@ -425,18 +475,21 @@ async def _handshake(
             detail=_warning(connection),
         )
     except ProbeError as error:
-        return _failure(record, error, started, connected)
+        return _failure(record, error, started, exchange.connected)
     except TimeoutError:
-        stage = "TCP connect" if connected is None else "TLS handshake"
+        stage = "TCP connect" if exchange.connected is None else "TLS handshake"
         timed_out = HandshakeError(f"{stage} timed out after {timeout:g}s", Reason.TIMEOUT)
-        return _failure(record, timed_out, started, connected)
+        return _failure(record, timed_out, started, exchange.connected)
     except OSError as error:
-        return _failure(record, _errno_error(ConnectError, error, "socket"), started, connected)
+        failed = _errno_error(ConnectError, error, "socket")
+        return _failure(record, failed, started, exchange.connected)
     except SSL.Error as error:  # e.g. a server name OpenSSL refuses to send
-        return _failure(record, HandshakeError(f"TLS setup failed: {error}"), started, connected)
+        failed = HandshakeError(f"TLS setup failed: {error}")
+        return _failure(record, failed, started, exchange.connected)
     finally:
-        if connection is not None:
-            connection.set_app_data(None)
+        exchange.close()
+        if exchange.connection is not None:
+            exchange.connection.set_app_data(None)
         sock.close()
 
 

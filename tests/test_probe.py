@@ -204,13 +204,13 @@ class TestResources:
         """Cancelling a handshake mid-way (e.g. on shutdown) still closes the socket."""
         scenario = fleet.scenario("stall")
         waiting = asyncio.Event()
-        readable = probe._readable
+        connected = probe._Exchange._connected
 
-        async def spy(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        def spy(exchange: probe._Exchange) -> None:
+            connected(exchange)  # sends the ClientHello and starts reading
             waiting.set()
-            await readable(loop, fd)
 
-        monkeypatch.setattr(probe, "_readable", spy)
+        monkeypatch.setattr(probe._Exchange, "_connected", spy)
         fds = _open_fds()
         task = asyncio.create_task(probe.handshake(scenario.address, scenario.port, None, 30))
         await asyncio.wait_for(waiting.wait(), 5)  # the ClientHello is out, the answer awaited

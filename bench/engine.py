@@ -10,10 +10,12 @@ line on stdout.
   and the wall time around it.  Includes what ``probe`` does: both
   handshakes, certificate facts, chain checks and the verdict.
 - ``render FILE``: time ``exporter.metrics.Exposition`` over the results of
-  the last cycle: a cold render, then a re-render after every target got a
-  new result (the same findings one interval later with other durations, as
-  a real next round brings), which is what the publisher does after a full
-  round; the body is written to FILE for validation.
+  the last cycle, as the service's publisher renders (``render_parts()``
+  and ``render_deflated()``, series in schedule order): a cold render, then
+  a re-render after every target got a new result (the same findings one
+  interval later with other durations, as a real next round brings), which
+  is what the publisher does after a full round; the body is written to
+  FILE for validation.
 
 Like the service, the worker keeps the latest round of results alive between
 cycles (its size is part of the garbage collector's work and of the RSS).
@@ -44,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench import fleet
-from exporter import certs, metrics, probe
+from exporter import certs, metrics, probe, service
 from exporter.model import Target
 
 if TYPE_CHECKING:
@@ -134,24 +136,29 @@ def next_round(result: ProbeResult) -> ProbeResult:
 
 
 def render(older: list[ProbeResult], out: Path) -> dict[str, object]:
+    """What the service's publisher does (``Publisher.flush``), timed: updates, then
+    ``render_parts()`` and ``render_deflated()``, the serving path's two forms."""
     newer = [next_round(r) for r in older]
-    exposition = metrics.Exposition()
+    exposition = metrics.Exposition(service.schedule_rank)
     for result in older:
         exposition.update(result)
     t0 = time.perf_counter()
-    exposition.render()
+    exposition.render_parts()
+    exposition.render_deflated()
     cold = time.perf_counter() - t0
     t0 = time.perf_counter()
     for result in newer:
         exposition.update(result)
-    body = exposition.render()
-    changed = time.perf_counter() - t0
+    parts = exposition.render_parts()
+    t1 = time.perf_counter()
+    deflated = exposition.render_deflated()
+    t2 = time.perf_counter()
+    changed, deflate_seconds = t2 - t0, t2 - t1
     t0 = time.perf_counter()
-    gzip.compress(body, compresslevel=1)
-    gzip_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    again = exposition.render()
+    again = exposition.render_parts()
     unchanged = time.perf_counter() - t0
+    body = b"".join(parts)
+    assert gzip.decompress(b"".join(metrics.gzip_member(deflated))) == body
     out.write_bytes(body)
     return {
         "targets": len(newer),
@@ -159,9 +166,9 @@ def render(older: list[ProbeResult], out: Path) -> dict[str, object]:
         "series": sum(1 for line in body.splitlines() if line and not line.startswith(b"#")),
         "cold_render_seconds": cold,
         "changed_render_seconds": changed,
-        "gzip_seconds": gzip_seconds,
+        "deflate_seconds": deflate_seconds,
         "unchanged_render_seconds": unchanged,
-        "unchanged_is_cached": again is body,
+        "unchanged_is_cached": again is parts,
     }
 
 

@@ -792,6 +792,50 @@ class TestChainCache:
 # --- Report -----------------------------------------------------------------
 
 
+def cheap_leaves(issuer: CA, count: int) -> list[tuple[bytes, ...]]:
+    """``count`` distinct chains under ``issuer``: one key, serials 1..count (fast to sign)."""
+    key = new_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "fleet.test")]))
+        .issuer_name(issuer.cert.subject)
+        .public_key(key.public_key())
+        .not_valid_before(utc(-1))
+        .not_valid_after(utc(90))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("*.fleet.test")]), critical=False)
+    )
+    der = serialization.Encoding.DER
+    intermediates = tuple(c.public_bytes(der) for c in (issuer.cert, *issuer.chain)[:-1])
+    signed = (
+        builder.serial_number(i).sign(issuer.key, hashes.SHA256()) for i in range(1, count + 1)
+    )
+    return [(leaf.public_bytes(der), *intermediates) for leaf in signed]
+
+
+class TestFleetSizedCaches:
+    def test_a_round_of_a_large_fleet_is_parsed_and_verified_once(
+        self, pki: Pki, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The schedule visits targets in a cycle, which an LRU smaller than the cycle
+        misses every time.  A round with more distinct leaves than the parsed-object
+        cache holds, probed again, parses no certificate and verifies no chain."""
+        certs.clear_caches()
+        chains = cheap_leaves(pki.web_intermediate, certs.CERTIFICATE_CACHE_SIZE + 1000)
+        first = [certificate_report(chain, "a.fleet.test", pki.trust, NOW) for chain in chains]
+        assert all(report.chain.valid for report in first)
+        loads = count_calls(monkeypatch, "_certificate")
+        verifies = count_calls(monkeypatch, "_verify_openssl")
+        again = [certificate_report(chain, "a.fleet.test", pki.trust, NOW) for chain in chains]
+        assert (len(loads), len(verifies)) == (0, 0)
+        assert [r.facts for r in again] == [r.facts for r in first]
+
+    def test_sized_for_the_full_scenario(self) -> None:
+        """10,000 targets, each with its own leaf with and without SNI, plus intermediates."""
+        assert certs.FACTS_CACHE_SIZE >= 2 * 10_000 + 1000
+        assert certs.CHAIN_CACHE_SIZE >= 2 * 10_000
+        assert certs.INTERN_TABLE_SIZE >= 2 * 10_000 + 1000
+
+
 class TestCertificateReport:
     def test_combines_facts_hostname_and_chain(self, pki: Pki, web_leaf: Issued) -> None:
         """The report holds the leaf's facts, the host match and the chain check."""

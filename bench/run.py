@@ -451,8 +451,10 @@ def measure_service(
         endpoints.append(serve.Endpoint(host, port))
     config = serve.config_text(endpoints, args.interval, args.timeout, server.pki.ca_file)
     state = args.state / f"service-{label}"
-    with serve.run_service(state, config, args.concurrency) as svc:
+    # As many probes in flight as the other clients have, for the first round's burst.
+    with serve.run_service(state, config, args.concurrency or args.inflight) as svc:
         ready = svc.wait_ready(deadline_seconds=args.interval * 3 + 60)
+        first_round_cpu = svc.cpu_seconds() - svc.listening_cpu_seconds
         # One more interval before measuring: the first round starts in a burst.
         time.sleep(args.interval)  # a fixed measurement window, not synchronisation
         snaps = [serve.snapshot(svc)]
@@ -472,6 +474,10 @@ def measure_service(
         memory = svc.memory()
     return {
         "ready_seconds": ready,
+        # The first round probes every target at once (a burst, like the
+        # side-by-side clients) through the whole exporter: scheduling,
+        # probing, certificates, verdict and the first (cold) render.
+        "first_round_cpu_per_endpoint": first_round_cpu / args.count,
         "windows": windows,
         # Healthy targets' cycle time: the window's length x healthy targets ÷
         # successful probes in it (every healthy probe succeeds here, every
@@ -557,9 +563,34 @@ def service_figures(
                 passed=ratio <= target,
             )
         )
-    for key, label in (("blackbox", "blackbox in a burst"), ("limit", "C limit in a burst")):
-        ratio = cpu.median / per[key].median
-        report.add(Figure(f"service_vs_{key}", f"ours (service) ÷ {label} (medians)", ratio, "x"))
+    burst = float(base["first_round_cpu_per_endpoint"])
+    report.add(
+        Figure(
+            "service_first_round_cpu_per_endpoint",
+            f"ours, service, first round (all {n} at once, {args.concurrency or args.inflight} "
+            "in flight): CPU per endpoint",
+            burst,
+            "ms",
+            1e3,
+        )
+    )
+    for key, label, target in (
+        ("blackbox", "blackbox in a burst", 0.90),
+        ("limit", "C limit in a burst", 1.15),
+    ):
+        if key not in per:  # the side-by-side part did not run
+            continue
+        ratio = burst / per[key].median
+        report.add(
+            Figure(
+                f"service_first_round_vs_{key}",
+                f"ours (service, first round) ÷ {label}",
+                ratio,
+                "x",
+                target=f"<= {target:.2f}",
+                passed=ratio <= target,
+            )
+        )
     probed = Summary.of([w.probes / n for w in ws])
     stale = max(w.stale_targets for w in ws)
     report.add(Figure("service_probes_per_interval", "probes per interval ÷ targets", probed, "x"))

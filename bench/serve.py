@@ -69,6 +69,10 @@ class Service:
     port: int
     process: subprocess.Popen[bytes]
     log: Path
+    # The process's CPU when its port first answered: the targets file is
+    # loaded by then (it is read before the port is bound), and the first
+    # round of probes is about to start.
+    listening_cpu_seconds: float = 0.0
 
     @property
     def pid(self) -> int:
@@ -138,7 +142,8 @@ def run_service(state: Path, config: str, concurrency: int | None) -> Iterator[S
             except RuntimeError:
                 tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
                 raise RuntimeError(f"sni-exporter serve failed: {' '.join(tail)}") from None
-            yield Service(port=port, process=proc, log=log_path)
+            cpu = measure.process_cpu_seconds(proc.pid)
+            yield Service(port=port, process=proc, log=log_path, listening_cpu_seconds=cpu)
         finally:
             proc.terminate()  # SIGTERM: the graceful stop
             try:

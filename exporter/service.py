@@ -190,8 +190,15 @@ class Publisher:
     and compresses once; scrapes read the cached bytes.
     """
 
-    def __init__(self, own: OwnMetrics) -> None:
+    def __init__(self, own: OwnMetrics, settled: Callable[[], bool] = lambda: True) -> None:
         self._own = own
+        # Until ``settled()`` (the service's first round is published), the
+        # thread waits the longest debounce between renders: the first round
+        # adds every pair, and each render that adds pairs re-cuts and
+        # recompresses every family.  At 10k targets, 500 pairs a render cost
+        # 1.04 s of CPU against 0.31 s in one (in memory; 0.07 ms per
+        # endpoint of the first round).
+        self._settled = settled
         self._exposition = metrics.Exposition(schedule_rank)
         self._lock = threading.Lock()
         self._pending: dict[str, ProbeResult | None] = {}
@@ -254,9 +261,14 @@ class Publisher:
                 self.flush()
             except Exception:
                 log.exception("rendering metrics failed; serving the previous exposition")
-            took = time.perf_counter() - started
             # Debounce: while results stream in, render at most this often.
-            self._stop.wait(debounce_seconds(took))
+            self._stop.wait(self.pause(time.perf_counter() - started))
+
+    def pause(self, render_seconds: float) -> float:
+        """Seconds to wait after a render that took ``render_seconds``."""
+        if not self._settled():
+            return RENDER_MAX_DEBOUNCE_SECONDS
+        return debounce_seconds(render_seconds)
 
     def body(self, gzipped: bool) -> tuple[bytes, ...]:
         """The whole /metrics body in parts: cached target series, then the exporter's own.
@@ -278,8 +290,8 @@ class Service:
         self.options = options
         self._clock = clock
         self.own = OwnMetrics(options.shard)
-        self.publisher = Publisher(self.own)
         self.ready = threading.Event()
+        self.publisher = Publisher(self.own, settled=self.ready.is_set)
         self._targets: dict[str, Target] = {}
         self._trust: dict[str | None, TrustStore] = {}
         self._awaiting_first: set[str] = set()

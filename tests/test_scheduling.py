@@ -76,3 +76,13 @@ class TestRenderCadence:
         assert debounce_seconds(0.001) == 0.5
         assert debounce_seconds(0.2) == pytest.approx(2.0)
         assert debounce_seconds(3.0) == 5.0
+
+    def test_the_longest_pause_until_the_first_round_is_published(self) -> None:
+        """While the first round adds every pair, renders are as rare as the cap allows;
+        once the service is ready, they follow the render time again."""
+        service = Service(Options("t.yaml", ":0", "/metrics", 8, WHOLE_FLEET))
+        assert not service.ready.is_set()
+        assert service.publisher.pause(0.001) == 5.0
+        service.ready.set()
+        assert service.publisher.pause(0.001) == 0.5
+        assert service.publisher.pause(0.2) == pytest.approx(2.0)

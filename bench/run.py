@@ -583,7 +583,7 @@ def service_figures(
         ("blackbox", "blackbox in a burst", 0.90),
         ("limit", "C limit in a burst", 1.15),
     ):
-        if key not in per:  # the side-by-side part did not run
+        if math.isnan(per[key].median):  # the side-by-side part did not run
             continue
         ratio = burst / per[key].median
         report.add(

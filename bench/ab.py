@@ -17,11 +17,8 @@ tree and round at 10,000 targets.  Loopback only, like the rest of bench/.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from bench import fleet, measure, serve
@@ -30,30 +27,10 @@ from bench.run import BUILD, FULL_RATE
 
 def measure_tree(tree: Path, config: str, args: argparse.Namespace) -> str:
     state = BUILD / "ab" / tree.resolve().name
-    state.mkdir(parents=True, exist_ok=True)
-    (state / "targets.yaml").write_text(config)
-    (port,) = fleet.free_ports(1)
-    argv = [sys.executable, "-m", "exporter", "serve", "--config.file", str(state / "targets.yaml")]
-    argv += ["--web.listen-address", f"{fleet.ADDRESS}:{port}", "--log.level", "warn"]
-    env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
-    with (state / "sni-exporter.log").open("wb") as log:
-        proc = subprocess.Popen(argv, env=env, cwd=tree, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        fleet.wait_listening(port, deadline_seconds=60, process=proc)
-        svc = serve.Service(port=port, process=proc, log=state / "sni-exporter.log")
+    with serve.run_service(state, config, None, tree) as svc:
         svc.wait_ready(deadline_seconds=args.interval * 3 + 60)
-        time.sleep(args.interval)  # past the first round's burst: a measurement window
-        snaps = [serve.snapshot(svc)]
-        for _ in range(args.cycles):
-            time.sleep(max(0.0, snaps[-1].at + args.interval - time.time()))
-            snaps.append(serve.snapshot(svc))
-        windows = [
-            serve.window(a, b, args.interval, 5.0, set()) for a, b in itertools.pairwise(snaps)
-        ]
+        _, windows = serve.measure_intervals(svc, args.interval, args.cycles, 5.0, set())
         scrapes = serve.scrape_latencies(svc, 50, gzipped=True)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     p99 = measure.percentile([f.seconds for f in scrapes], 0.99)
     cpu = " ".join(f"{w.cpu_per_endpoint * 1e3:.3f}" for w in windows)
     last = windows[-1]

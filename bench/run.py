@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
-import itertools
 import json
 import math
 import os
@@ -460,16 +459,9 @@ def measure_service(
     with serve.run_service(state, config, concurrency) as svc:
         ready = svc.wait_ready(deadline_seconds=args.interval * 3 + 60)
         first_round_cpu = svc.cpu_seconds() - svc.listening_cpu_seconds
-        # One more interval before measuring: the first round starts in a burst.
-        time.sleep(args.interval)  # a fixed measurement window, not synchronisation
-        snaps = [serve.snapshot(svc)]
-        for _ in range(args.cycles):
-            time.sleep(max(0.0, snaps[-1].at + args.interval - time.time()))
-            snaps.append(serve.snapshot(svc))
-        windows = [
-            serve.window(a, b, args.interval, args.allowed_lateness, holes)
-            for a, b in itertools.pairwise(snaps)
-        ]
+        snaps, windows = serve.measure_intervals(
+            svc, args.interval, args.cycles, args.allowed_lateness, holes
+        )
         healthy_periods = serve.periods(snaps[0], snaps[-1], args.cycles, holes)
         extra: dict[str, Any] = {}
         if not hole_port:

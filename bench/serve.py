@@ -12,6 +12,8 @@ import contextlib
 import dataclasses
 import gzip
 import http.client
+import itertools
+import os
 import subprocess
 import sys
 import time
@@ -116,14 +118,20 @@ class Service:
 
 
 @contextlib.contextmanager
-def run_service(state: Path, config: str, concurrency: int | None) -> Iterator[Service]:
+def run_service(
+    state: Path, config: str, concurrency: int | None, tree: Path | None = None
+) -> Iterator[Service]:
+    """``sni-exporter serve`` on ``config``: this checkout's, or ``python -m exporter``
+    from the checkout ``tree`` (for comparing checkouts, ``bench.ab``)."""
     state.mkdir(parents=True, exist_ok=True)
     conf = state / "targets.yaml"
     conf.write_text(config)
     (port,) = fleet.free_ports(1)
     log_path = state / "sni-exporter.log"
+    command = [binary()] if tree is None else [sys.executable, "-m", "exporter"]
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree.resolve())}
     argv = [
-        binary(),
+        *command,
         "serve",
         "--config.file",
         str(conf),
@@ -135,7 +143,7 @@ def run_service(state: Path, config: str, concurrency: int | None) -> Iterator[S
     if concurrency:
         argv += ["--probe.concurrency", str(concurrency)]
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tree)
         try:
             try:
                 fleet.wait_listening(port, deadline_seconds=60, process=proc)
@@ -240,6 +248,22 @@ def window(
         stale_targets=sum(age > interval + allowed_lateness for age in ages),
         rss_bytes=b.rss_bytes,
     )
+
+
+def measure_intervals(
+    service: Service, interval: float, cycles: int, allowed_lateness: float, exclude: set[bytes]
+) -> tuple[list[Snapshot], list[Window]]:
+    """After one more interval (the first round starts in a burst), a snapshot at
+    the start and the end of each of ``cycles`` intervals, and their windows."""
+    time.sleep(interval)  # a fixed measurement window, not synchronisation
+    snaps = [snapshot(service)]
+    for _ in range(cycles):
+        time.sleep(max(0.0, snaps[-1].at + interval - time.time()))
+        snaps.append(snapshot(service))
+    windows = [
+        window(a, b, interval, allowed_lateness, exclude) for a, b in itertools.pairwise(snaps)
+    ]
+    return snaps, windows
 
 
 def periods(a: Snapshot, b: Snapshot, cycles: int, exclude: set[bytes]) -> list[float]:

@@ -274,9 +274,10 @@ class _Pair:
 #: Pairs per chunk: a family's text is compressed in chunks of that many pairs,
 #: so that a change recompresses only the chunks it falls in.  The measured
 #: families change with every probe: at 10k targets a typical half second of
-#: probes (84) touches 42% of their 157 chunks, which halves the compression
-#: time.  The others change only when findings do, and compress better in
-#: larger chunks.  The whole body compresses 3% worse than in one piece.
+#: probes (84) touches one or two of their 157 chunks when the series are in
+#: schedule order (see ``Exposition``), 42% of them in name order.  The
+#: others change only when findings do, and compress better in larger
+#: chunks.  The whole body compresses 3% worse than in one piece.
 _CHUNK_PAIRS: Final = 64
 _STATE_CHUNK_PAIRS: Final = 1024
 
@@ -622,9 +623,10 @@ class Exposition:
     Safe to call from several threads; rendering holds the lock.  Measured at
     10k targets (240k series, 23 MB) on the 2-core machine, updates then
     ``render_parts()`` and ``render_deflated()``, medians: 9.5 ms after a
-    typical half second of probes (84 targets: 3.7 ms to render, 5.9 ms to
-    compress), 115 ms after a full round of probes (of which 12 ms to
-    compress); tracemalloc: it holds 35 MB (23 MB of text).
+    typical half second of probes in name order (84 targets: 3.7 ms to
+    render, 5.9 ms to compress), 82 ms after a full round of probes in
+    schedule order (of which 12.6 ms to compress; ``make bench``);
+    tracemalloc: it holds 35 MB (23 MB of text).
 
     Series are in order of ``rank(target)``, then target name and address;
     without ``rank``, by name.  The service ranks targets by their place in
@@ -632,7 +634,7 @@ class Exposition:
     window brings are neighbours and touch one or two compressed chunks per
     family instead of most of them.  That halves the renderer's CPU at the
     full scenario's rate (10k targets, 167 probes/s, flushed every 0.5 s:
-    10.0 -> 4.8 ms per second; ``bench/publisher.py``).  Prometheus does not
+    9.5 -> 6.0 ms per second; ``bench/publisher.py``).  Prometheus does not
     care about the order of series in a family.  A pair keeps the rank it had
     when it was added.
 

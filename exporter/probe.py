@@ -385,8 +385,7 @@ class _Exchange:
         output = _pending_output(connection)
         if output:
             self._send(output)
-        if self.finished and not self.unsent:
-            self._settle()
+        self._settle_if_done()
 
     def _send(self, data: bytes) -> None:
         if self.unsent:  # keep the order: after what is still waiting
@@ -406,6 +405,10 @@ class _Exchange:
         data, self.unsent = self.unsent, b""
         self.loop.remove_writer(self.fd)
         self._send(data)
+        self._settle_if_done()
+
+    def _settle_if_done(self) -> None:
+        """Done once OpenSSL finished and the socket took every byte it wrote."""
         if self.finished and not self.unsent:
             self._settle()
 

@@ -251,7 +251,7 @@ class Publisher:
             self._plain, self._deflated = plain, deflated
             self.renders += 1
             self._own.render_seconds.set(time.perf_counter() - started)
-            self._own.exposition_bytes.set(sum(len(part) for part in plain))
+            self._own.exposition_bytes.set(deflated.size)  # the parts' total length
 
     def _run(self) -> None:
         while not self._stop.is_set():

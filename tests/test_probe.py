@@ -220,6 +220,28 @@ class TestResources:
             await task
         assert _open_fds() - fds == set()
 
+    async def test_probe_leaves_no_reference_cycles(
+        self, fleet: Fleet, fleet_trust: TrustStore
+    ) -> None:
+        """Nothing a probe made waits for the cyclic GC: its SSL objects go when it ends.
+
+        The native memory of SSL objects in garbage cycles waits for a
+        collection, and the GC's thresholds do not see it: at 10k targets a
+        cycle per probe took the service's RSS from 184 to 332 MB.
+        """
+        names = ["nginx-single", "refused", "reset-no-sni", "plain-http", "alert-no-sni"]
+        names += ["nginx-reject", "stall"]
+        targets = [dataclasses.replace(fleet.scenario(n).target, timeout=0.3) for n in names]
+        await probe.probe(targets[0], fleet_trust)  # warm up: caches and the client context
+        gc.collect()
+        gc.disable()
+        try:
+            results = [await probe.probe(target, fleet_trust) for target in targets]
+            assert len({r.no_sni.handshake.reason for r in results}) >= 5  # many paths
+            assert gc.collect() == 0
+        finally:
+            gc.enable()
+
 
 class TestAddressing:
     """IPv6, IP literals and what is sent as SNI."""

@@ -9,6 +9,11 @@ line on stdout.
   them pointed at a black hole) and report the CPU (getrusage, all threads)
   and the wall time around it.  Includes what ``probe`` does: both
   handshakes, certificate facts, chain checks and the verdict.
+- ``paced COUNT RATE``: probe the first COUNT targets once each, started
+  evenly at RATE probes per second, every one as soon as its time comes (as
+  the service's scheduler starts them), and report the CPU as ``cycle``
+  does.  This is the engine at the service's pace: a wake-up per event costs
+  more than in a burst, where every wake-up finds several events.
 - ``render FILE``: time ``exporter.metrics.Exposition`` over the results of
   the last cycle, as the service's publisher renders (``render_parts()``
   and ``render_deflated()``, series in schedule order): a cold render, then
@@ -96,6 +101,38 @@ async def cycle(
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return results, finished
+
+
+async def paced(
+    cycle_targets: list[Target], trust: certs.TrustStore, rate: float
+) -> tuple[list[ProbeResult], dict[str, float]]:
+    """Start one probe every 1/``rate`` seconds, each on its own; wait for all of them.
+
+    One timer at a time, each start scheduling the next, as the service's
+    scheduler keeps one timer for its next due job.
+    """
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    finished: dict[str, float] = {}
+    tasks: list[asyncio.Task[ProbeResult]] = []
+    all_started = loop.create_future()
+
+    async def one(target: Target) -> ProbeResult:
+        result = await probe.probe(target, trust)
+        finished[target.name] = loop.time() - start
+        return result
+
+    def begin(i: int) -> None:
+        tasks.append(loop.create_task(one(cycle_targets[i])))
+        if i + 1 < len(cycle_targets):
+            loop.call_at(start + (i + 1) / rate, begin, i + 1)
+        else:
+            all_started.set_result(None)
+
+    if cycle_targets:
+        loop.call_at(start, begin, 0)
+        await all_started
+    return list(await asyncio.gather(*tasks)), finished
 
 
 def summarise(
@@ -221,14 +258,18 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(render(latest, Path(words[1]))), flush=True)
             continue
         cycle_targets, holes = base[: int(words[1])], set[str]()
-        if len(words) == 4:
-            cycle_targets, holes = blackholed(cycle_targets, int(words[2]), float(words[3]))
+        if words[0] == "paced":
+            work = paced(cycle_targets, trust, float(words[2]))
+        else:
+            if len(words) == 4:
+                cycle_targets, holes = blackholed(cycle_targets, int(words[2]), float(words[3]))
+            work = cycle(cycle_targets, trust, args.concurrency)
         profiler = cProfile.Profile() if args.profile else None
         gc_clock.reset()
         cpu0, wall0 = _cpu(), time.monotonic()
         if profiler:
             profiler.enable()
-        results, finished = asyncio.run(cycle(cycle_targets, trust, args.concurrency))
+        results, finished = asyncio.run(work)
         if profiler:
             profiler.disable()
         wall, cpu = time.monotonic() - wall0, _cpu() - cpu0

@@ -497,33 +497,46 @@ PACED_SECONDS = 20.0
 
 
 def paced(args: argparse.Namespace, server: fleet.Nginx) -> dict[str, Summary]:
-    """The C limit and blackbox_exporter with the work spread evenly in time.
+    """The C limit, blackbox_exporter and our engine with the work spread evenly in time.
 
     The service probes at a steady pace, not in a burst, and a client that
     wakes up for every handshake costs more per handshake than one kept busy
     (the C program too: more epoll_wait calls, colder caches).  So the
     service is compared with both driven at its pace: N endpoints per
     interval, as Prometheus scraping N probe targets would drive blackbox;
-    over at most PACED_SECONDS at that rate.
+    over at most PACED_SECONDS at that rate.  Our engine alone at that pace
+    splits the service's figure in two: the probing, and what the service
+    adds (scheduling, publication, its own metrics).
     """
     per_second = args.count / args.interval
     n = min(args.count, max(200, round(per_second * PACED_SECONDS)))
     section(f"paced like the service: {per_second:.0f} endpoints/s, {n} endpoints per repeat")
     paths = blackbox.probe_paths(server, range(n))
-    limit, box_samples = [], []
-    with blackbox.run_blackbox(args.state / "blackbox-paced", n, args.timeout) as box:
+    limit, box_samples, ours = [], [], []
+    with (
+        blackbox.run_blackbox(args.state / "blackbox-paced", n, args.timeout) as box,
+        engine_worker(server, n, args.inflight, args.timeout, None) as engine,
+    ):
         run_blackbox(box, paths[:400], 200, args.inflight)
+        check_engine_cycle(engine.ask(f"cycle {min(n, 200)}", timeout=120))
         for r in range(args.repeats):
             c = run_limit(server, n, args.inflight, args.timeout, rate=2 * per_second)
             limit.append(c["cpu_seconds"] / n)
             b = run_blackbox(box, paths, n, args.inflight, rate=2 * per_second)
             box_samples.append(b["cpu_seconds"] / n)
+            e = engine.ask(f"paced {n} {per_second!r}", timeout=60 + 2 * n / per_second)
+            check_engine_cycle(e)
+            ours.append(e["cpu_seconds"] / n)
             print(
                 f"  repeat {r + 1}: C {limit[-1] * 1e3:.3f}  blackbox {box_samples[-1] * 1e3:.3f}"
-                " ms/endpoint",
+                f"  ours (engine) {ours[-1] * 1e3:.3f} ms/endpoint",
                 flush=True,
             )
-    return {"limit_paced": Summary.of(limit), "blackbox_paced": Summary.of(box_samples)}
+    return {
+        "limit_paced": Summary.of(limit),
+        "blackbox_paced": Summary.of(box_samples),
+        "engine_paced": Summary.of(ours),
+    }
 
 
 def service_figures(
@@ -539,12 +552,34 @@ def service_figures(
     report.add(
         Figure("service_cpu_per_endpoint", "ours, service: CPU per endpoint", cpu, "ms", 1e3)
     )
-    for key, label in (("limit_paced", "C limit"), ("blackbox_paced", "blackbox_exporter")):
+    for key, label in (
+        ("limit_paced", "C limit"),
+        ("blackbox_paced", "blackbox_exporter"),
+        ("engine_paced", "ours, probe engine in-process"),
+    ):
         report.add(
             Figure(
                 f"{key}_cpu_per_endpoint", f"{label}, paced: CPU per endpoint", per[key], "ms", 1e3
             )
         )
+    engine = per["engine_paced"].median
+    report.add(
+        Figure(
+            "engine_paced_vs_limit_paced",
+            "ours (engine) ÷ C limit, both paced",
+            engine / per["limit_paced"].median,
+            "x",
+        )
+    )
+    report.add(
+        Figure(
+            "service_overhead_cpu_per_endpoint",
+            "what the service adds to the engine paced alike: CPU per endpoint",
+            cpu.median - engine,
+            "ms",
+            1e3,
+        )
+    )
     for key, label, target in (
         ("blackbox_paced", "blackbox paced alike", 0.90),
         ("limit_paced", "C limit paced alike", 1.15),

@@ -260,9 +260,10 @@ class _Together:
 
     A probe's two handshakes start together and share the timeout, so one
     timer handle and one future per probe do what a task, a gather and an
-    ``asyncio.timeout`` per handshake did: those cost 0.0X ms of CPU per
-    endpoint paced at the service's rate (bench/README.md), where every
-    Python step runs with cold caches.
+    ``asyncio.timeout`` per handshake did.  At the service's pace, where a
+    wake-up finds one probe's events and cold caches, that took the engine
+    from 1.42 to 1.35-1.39 ms of CPU per endpoint (10k targets / 60 s, two
+    runs each; ``make bench`` prints the engine paced figure).
     """
 
     __slots__ = ("done", "exchanges", "left", "timer")

@@ -368,11 +368,8 @@ class _Exchange:
             connection, connected = self.connection, self.connected
             assert connection is not None  # the handshake finished, so it connected
             assert connected is not None
-            return Handshake(
-                sni=record.sni,
-                server_name=record.server_name,
-                address=record.address,
-                port=record.port,
+            return dataclasses.replace(
+                record,
                 ok=True,
                 tls_version=connection.get_protocol_version_name(),
                 cipher=connection.get_cipher_name(),
@@ -596,11 +593,8 @@ def _failure(
     elif started is not None and connected is not None:
         connect_seconds = connected - started
         handshake_seconds = now - connected
-    return Handshake(
-        sni=record.sni,
-        server_name=record.server_name,
-        address=record.address,
-        port=record.port,
+    return dataclasses.replace(
+        record,
         ok=False,
         reason=error.reason,
         detail=error.detail,

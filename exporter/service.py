@@ -71,12 +71,12 @@ class LoopScheduler(AsyncIOScheduler):  # type: ignore[misc] # APScheduler ships
     ``call_soon_threadsafe``: a self-pipe write, one more loop iteration and
     two reads, even when its own timer calls it, which fires on the loop
     already.  The service's timer fires once per probe; the hop costs about
-    8 us of CPU per run: ``python -m bench.scheduler``, 82-92 -> 73-81 us per
+    8 us of CPU per run: ``python -m bench.scheduler``, 82-92 -> 69-81 us per
     run at 500 runs a second (a bare ``call_at`` chain: 34-39 us).
     ``wakeup`` itself (add_job, resume, other threads) keeps the safe path.
     ``_start_timer``, ``_stop_timer`` and ``_process_jobs`` are APScheduler
-    3.x internals (the version is pinned below 4); ``test_service`` checks
-    that a due job still runs without the self-pipe.
+    3.x internals (the version is pinned below 4); ``tests/test_scheduling.py``
+    checks that due jobs still run, without the self-pipe.
     """
 
     def _start_timer(self, wait_seconds: float | None) -> None:

@@ -326,17 +326,23 @@ def _state(result: ProbeResult) -> tuple[object, ...]:
     return (
         verdict.sni_required,
         verdict.certificate_mismatch,
-        *_side_state(result.sni),
-        *_side_state(result.no_sni),
+        *_handshake_state(result.sni),
+        *_handshake_state(result.no_sni),
     )
 
 
-def _side_state(report: HandshakeReport) -> tuple[object, ...]:
-    """One handshake's part of ``_state``."""
-    shake, cert = report.handshake, report.certificate
-    if cert is None:
-        return (shake.ok, shake.reason, shake.tls_version, None, None, None)
-    return (shake.ok, shake.reason, shake.tls_version, cert.facts, cert.hostname_match, cert.chain)
+def _handshake_state(report: HandshakeReport) -> tuple[object, ...]:
+    handshake, certificate = report.handshake, report.certificate
+    if certificate is None:
+        return (handshake.ok, handshake.reason, handshake.tls_version, None, None, None)
+    return (
+        handshake.ok,
+        handshake.reason,
+        handshake.tls_version,
+        certificate.facts,
+        certificate.hostname_match,
+        certificate.chain,
+    )
 
 
 def _format(result: ProbeResult, previous: _Pair | None) -> tuple[_Pair, int, _Fragments]:

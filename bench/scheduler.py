@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import datetime as dt
 import logging
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -36,11 +35,6 @@ from apscheduler.triggers.interval import IntervalTrigger
 from exporter.service import LoopScheduler
 
 WARM_SECONDS = 2.0
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 class Runs:
@@ -54,11 +48,11 @@ class Runs:
 
     async def steady(self, seconds: float) -> float:
         await asyncio.sleep(WARM_SECONDS)  # duration, not synchronisation: a measuring window
-        runs, cpu = self.count, _cpu()
+        runs, cpu = self.count, time.process_time()
         await asyncio.sleep(seconds)
         if self.count == runs:
             raise RuntimeError("no job ran")
-        return (_cpu() - cpu) / (self.count - runs)
+        return (time.process_time() - cpu) / (self.count - runs)
 
 
 async def with_apscheduler(

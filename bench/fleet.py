@@ -143,11 +143,11 @@ def _nginx_binary() -> str:
     return found
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+def stop_process(proc: subprocess.Popen[bytes], grace_seconds: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``grace_seconds``."""
     proc.terminate()
     try:
-        proc.wait(timeout=10)
+        proc.wait(timeout=grace_seconds)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=10)

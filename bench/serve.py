@@ -153,12 +153,7 @@ def run_service(
             cpu = measure.process_cpu_seconds(proc.pid)
             yield Service(port=port, process=proc, log=log_path, listening_cpu_seconds=cpu)
         finally:
-            proc.terminate()  # SIGTERM: the graceful stop
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            fleet.stop_process(proc, grace_seconds=15)  # SIGTERM: the graceful stop
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import dataclasses
 import gc
 import gzip
 import json
@@ -53,9 +52,10 @@ from typing import TYPE_CHECKING
 from bench import fleet
 from exporter import certs, metrics, probe, service
 from exporter.model import Target
+from tests import factories
 
 if TYPE_CHECKING:
-    from exporter.model import HandshakeReport, ProbeResult
+    from exporter.model import ProbeResult
 
 
 def targets(ports: list[int], count: int, timeout: float) -> list[Target]:
@@ -155,27 +155,10 @@ def summarise(
     }
 
 
-def next_round(result: ProbeResult) -> ProbeResult:
-    """``result`` one interval later: same findings, new start time and durations."""
-
-    def later(report: HandshakeReport) -> HandshakeReport:
-        shake = report.handshake
-        shake = dataclasses.replace(shake, handshake_seconds=shake.handshake_seconds * 1.01)
-        return dataclasses.replace(report, handshake=shake)
-
-    return dataclasses.replace(
-        result,
-        sni=later(result.sni),
-        no_sni=later(result.no_sni),
-        started_at=result.started_at + result.target.interval,
-        duration_seconds=result.duration_seconds * 1.01,
-    )
-
-
 def render(older: list[ProbeResult], out: Path) -> dict[str, object]:
     """What the service's publisher does (``Publisher.flush``), timed: updates, then
     ``render_parts()`` and ``render_deflated()``, the serving path's two forms."""
-    newer = [next_round(r) for r in older]
+    newer = [factories.next_probe(r) for r in older]
     exposition = metrics.Exposition(service.schedule_rank)
     for result in older:
         exposition.update(result)

@@ -19,7 +19,6 @@ import argparse
 import sys
 import time
 
-from bench.engine import next_round
 from exporter import metrics, service
 from tests import factories
 
@@ -42,7 +41,7 @@ def publisher_cpu(count: int, window: float, seconds: float, ranked: bool) -> fl
         for _ in range(per_flush):
             i = order[cursor % count]
             cursor += 1
-            results[i] = next_round(results[i])
+            results[i] = factories.next_probe(results[i])
             exposition.update(results[i])
         exposition.render_parts()
         exposition.render_deflated()

@@ -127,3 +127,23 @@ def judged(sni: HandshakeReport, no_sni: HandshakeReport, host: str = "a.test") 
     """A result for ``host`` whose verdict is the real one for these handshakes."""
     result = probe_result(host, sni=sni, no_sni=no_sni)
     return dataclasses.replace(result, verdict=decide(host, sni, no_sni))
+
+
+def next_probe(result: ProbeResult, seconds: float | None = None) -> ProbeResult:
+    """The next probe of the same target, ``seconds`` later (by default one interval):
+    same findings, a new start time, and every handshake a little slower."""
+    later_by = result.target.interval if seconds is None else seconds
+
+    def later(report: HandshakeReport) -> HandshakeReport:
+        handshake = report.handshake
+        slower = handshake.handshake_seconds + later_by / 1e5
+        return dataclasses.replace(
+            report, handshake=dataclasses.replace(handshake, handshake_seconds=slower)
+        )
+
+    return dataclasses.replace(
+        result,
+        sni=later(result.sni),
+        no_sni=later(result.no_sni),
+        started_at=result.started_at + later_by,
+    )

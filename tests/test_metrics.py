@@ -29,7 +29,7 @@ from exporter.metrics import (
 )
 from exporter.model import ChainCheck, HandshakeReport, ProbeResult, Target, Verdict
 from exporter.reasons import Reason
-from tests.factories import NOW, cert_facts, failed, probe_result, succeeded
+from tests.factories import NOW, cert_facts, failed, next_probe, probe_result, succeeded
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -87,24 +87,6 @@ def exposition(results: Iterable[ProbeResult], rank: metrics.Rank | None = None)
     for result in results:
         exp.update(result)
     return exp
-
-
-def next_probe(result: ProbeResult, seconds: float = 60.0) -> ProbeResult:
-    """The next probe of the same target: same findings, a new start time and durations."""
-
-    def later(report: HandshakeReport) -> HandshakeReport:
-        handshake = report.handshake
-        slower = handshake.handshake_seconds + seconds / 1e5
-        return dataclasses.replace(
-            report, handshake=dataclasses.replace(handshake, handshake_seconds=slower)
-        )
-
-    return dataclasses.replace(
-        result,
-        sni=later(result.sni),
-        no_sni=later(result.no_sni),
-        started_at=result.started_at + seconds,
-    )
 
 
 def by_family(parts: Iterable[bytes]) -> dict[str, bytes]:
